@@ -1,0 +1,55 @@
+"""Tiny BERT and RoBERTa models built in the test (no download), and a fixed padded batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+from ftlib.models import SequenceClassifier
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=37, max_position_embeddings=64)
+ARCHS = ("bert", "roberta")
+
+
+def make_encoder(arch: str = "bert", attn_implementation: str | None = None, seed: int = 0, **overrides):
+    """A randomly initialised 2-layer encoder of hidden size 32; same seed -> same weights."""
+    torch.manual_seed(seed)
+    cfg_cls, model_cls = {"bert": (BertConfig, BertModel), "roberta": (RobertaConfig, RobertaModel)}[arch]
+    extra = {"pad_token_id": 1} if arch == "roberta" else {}
+    config = cfg_cls(**{**TINY, **extra, **overrides})
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    return model_cls(config, add_pooling_layer=False)
+
+
+def make_model(arch: str = "bert", num_labels: int = 3, seed: int = 0, **kwargs) -> SequenceClassifier:
+    """A tiny SequenceClassifier, in eval mode so forward passes are deterministic."""
+    model = SequenceClassifier(make_encoder(arch, seed=seed, **kwargs), num_labels)
+    torch.manual_seed(seed + 1)
+    model.classifier.reset_parameters()
+    return model.eval()
+
+
+def make_batch(batch_size: int = 4, seq_len: int = 9, vocab_size: int = 99, seed: int = 0) -> dict:
+    """input_ids / attention_mask / labels with real padding: row i has i trailing pad tokens."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, vocab_size, (batch_size, seq_len), generator=g)
+    attention_mask = torch.ones(batch_size, seq_len, dtype=torch.long)
+    for i in range(batch_size):
+        if i:
+            attention_mask[i, -i:] = 0
+            input_ids[i, -i:] = 1  # pad id (RoBERTa's; BERT ignores it thanks to the mask)
+    labels = torch.arange(batch_size) % 3
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def batch() -> dict:
+    return make_batch()
