@@ -1,0 +1,45 @@
+"""One place that decides where tensors live and which precision runs there."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def get_device(name: str | None = None) -> torch.device:
+    """cuda -> mps -> cpu, unless `name` or FTLIB_DEVICE says otherwise."""
+    name = name or os.environ.get("FTLIB_DEVICE")
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device | str):
+    """bf16 autocast on CUDA (tensor cores, no loss scaling needed); full fp32 elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch so the same seed gives the same metrics on CPU."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def describe(device: torch.device | str | None = None) -> str:
+    """A one-line description of the device, for notebooks' first cells and results files."""
+    device = torch.device(device) if device is not None else get_device()
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"

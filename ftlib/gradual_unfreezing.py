@@ -1,0 +1,66 @@
+"""Gradual unfreezing (Howard & Ruder 2018, ULMFiT): train the head first, then thaw layers top-down.
+
+Pitfall in the reference sketch: it builds the optimizer from the trainable parameters only, so the
+layers it unfreezes later are never updated. `ftlib.train.param_groups` gives AdamW every tensor up front;
+AdamW skips those without gradients, so each layer starts learning the moment it is unfrozen.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .models import embeddings, encoder_layers
+from .params import freeze_except
+from .train import Callback, TrainState
+
+
+def apply_gradual_unfreezing(model: nn.Module) -> nn.Module:
+    """Freeze everything but the head; the GradualUnfreezing callback thaws the rest during fit."""
+    encoder_layers(model)  # fail now, clearly, if the model has no layers to unfreeze
+    return freeze_except(model, lambda name: False)
+
+
+def unfreezing_order(model: nn.Module) -> list[nn.Module]:
+    """Top layer first, embeddings last: the general features near the input change least."""
+    return [*reversed(encoder_layers(model)), embeddings(model)]
+
+
+class GradualUnfreezing(Callback):
+    """Thaw `per_stage` blocks after `start` epochs (or steps) of head-only training, then every `every`."""
+
+    def __init__(self, every: int = 1, unit: str = "epoch", per_stage: int = 1, start: int = 1):
+        if unit not in ("epoch", "step"):
+            raise ValueError(f"unit must be 'epoch' or 'step', got {unit!r}")
+        for name, value in (("every", every), ("per_stage", per_stage), ("start", start)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.every, self.unit, self.per_stage, self.start = every, unit, per_stage, start
+        self.unfrozen = 0  # blocks thawed so far (layers top-down, then the embeddings)
+        self.log: list[tuple[int, int]] = []  # (epochs or steps done, blocks unfrozen) at each stage
+
+    def unfreeze(self, model: nn.Module) -> int:
+        """Thaw the next `per_stage` blocks top-down; returns how many are unfrozen now."""
+        order = unfreezing_order(model)
+        for block in order[self.unfrozen:self.unfrozen + self.per_stage]:
+            block.requires_grad_(True)
+        self.unfrozen = min(len(order), self.unfrozen + self.per_stage)
+        return self.unfrozen
+
+    def on_train_begin(self, state: TrainState) -> None:
+        unfreezing_order(state.model)  # clear error for a model without layers
+        horizon = state.epochs if self.unit == "epoch" else state.total_steps
+        if self.start >= horizon:
+            raise ValueError(f"this schedule never unfreezes anything: the first stage comes after {self.start} "
+                             f"{self.unit}s but training lasts {horizon}; lower start or train longer")
+
+    def _tick(self, state: TrainState, done: int) -> None:
+        if done >= self.start and (done - self.start) % self.every == 0:
+            self.log.append((done, self.unfreeze(state.model)))
+
+    def on_epoch_begin(self, state: TrainState) -> None:
+        if self.unit == "epoch":
+            self._tick(state, state.epoch - 1)  # epochs completed so far
+
+    def on_step_end(self, state: TrainState) -> None:
+        if self.unit == "step":
+            self._tick(state, state.step)

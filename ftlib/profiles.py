@@ -1,0 +1,36 @@
+"""Run sizes: `quick` trains each strategy in well under a minute on a 2-core CPU, `full` is for a GPU."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .device import get_device
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    max_train: int | None  # training examples kept (stratified); None = all 8,058
+    max_eval: int | None  # validation examples kept; the test split is always evaluated whole
+    epochs: int  # passes over the training subset
+    max_length: int  # tokens per text after truncation; 64 covers ~95% of the snippets
+    batch_size: int  # 32 fits any laptop and keeps CPU steps short
+
+
+PROFILES = {
+    "quick": Profile("quick", max_train=1000, max_eval=500, epochs=2, max_length=64, batch_size=32),
+    "full": Profile("full", max_train=None, max_eval=None, epochs=4, max_length=128, batch_size=32),
+}
+
+
+def get_profile(name: str | None = None, device: torch.device | str | None = None) -> Profile:
+    """The named profile, else FTLIB_PROFILE, else `full` on CUDA and `quick` anywhere else."""
+    name = name or os.environ.get("FTLIB_PROFILE")
+    if name is None:
+        name = "full" if torch.device(device or get_device()).type == "cuda" else "quick"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)} (or set FTLIB_PROFILE)")
+    return PROFILES[name]

@@ -1,0 +1,234 @@
+"""One training loop for every strategy: AdamW on the groups a strategy gives, warm-up/decay, clipping,
+per-epoch evaluation, early stopping that restores the best weights, callbacks, and a History."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .device import autocast, get_device, set_seed
+from .history import History
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class TrainState:
+    """What callbacks see and may change between steps."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    history: History
+    epoch: int = 0  # 1-based once training starts
+    step: int = 0  # optimisation steps done so far
+    epochs: int = 0  # epochs planned
+    total_steps: int = 0  # steps planned
+
+
+class Callback:
+    """Hooks into `fit`; override what you need (gradual unfreezing uses on_epoch_begin/on_step_end)."""
+
+    def on_train_begin(self, state: TrainState) -> None: ...
+    def on_epoch_begin(self, state: TrainState) -> None: ...
+    def on_step_end(self, state: TrainState) -> None: ...
+    def on_epoch_end(self, state: TrainState) -> None: ...
+
+
+def param_groups(model: nn.Module, weight_decay: float = 0.01, params: Iterable | None = None) -> list[dict]:
+    """Two AdamW groups: decay for weights, none for biases and LayerNorm weights.
+
+    Every parameter goes in, trainable or not: AdamW skips tensors whose .grad is None, so a layer
+    unfrozen later is updated from then on (an optimizer built from only the trainable tensors never sees it).
+    """
+    named = list(params) if params is not None else list(model.named_parameters())
+    decay = [p for n, p in named if not n.endswith(NO_DECAY)]
+    no_decay = [p for n, p in named if n.endswith(NO_DECAY)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def linear_warmup_decay(warmup: float = 0.1) -> Callable[[int, int], float]:
+    """LR multiplier: linear warm-up over the first `warmup` fraction of steps, then linear decay to 0."""
+    def schedule(step: int, total: int) -> float:
+        w = max(1, int(total * warmup))
+        return (step + 1) / w if step < w else max(0.0, (total - step) / max(1, total - w))
+    return schedule
+
+
+def move(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def model_inputs(batch: dict) -> dict:
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 (the mean of per-class F1, so a majority class cannot hide a weak one)."""
+    f1s = []
+    for c in range(num_labels):
+        tp = ((preds == c) & (labels == c)).sum().item()
+        fp = ((preds == c) & (labels != c)).sum().item()
+        fn = ((preds != c) & (labels == c)).sum().item()
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return {"accuracy": (preds == labels).float().mean().item(), "macro_f1": sum(f1s) / num_labels}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: torch.device | None = None, progress: bool = False):
+    """(logits (N, C), labels (N,)) over a loader, in eval mode (no dropout), restoring the mode after."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        batch = move(batch, device)
+        with autocast(device):
+            logits.append(model(**model_inputs(batch)).float())
+        labels.append(batch["labels"])
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(model: nn.Module, loader, device: torch.device | None = None, progress: bool = False) -> dict:
+    """loss, accuracy, macro_f1 and n over a whole loader."""
+    logits, labels = predict(model, loader, device, progress)
+    out = classification_metrics(logits.argmax(-1), labels, logits.shape[-1])
+    return {"loss": F.cross_entropy(logits, labels).item(), **out, "n": len(labels)}
+
+
+def _check_labels(labels: torch.Tensor, num_labels: int) -> None:
+    if labels.min() < 0 or labels.max() >= num_labels:
+        raise ValueError(f"labels must be in 0..{num_labels - 1} for a {num_labels}-class head, "
+                         f"got values {sorted(set(labels.tolist()))[:5]}")
+
+
+def uses_feature_cache(model: nn.Module) -> bool:
+    """True for a frozen, eval-mode encoder: its features never change, so compute them once."""
+    encoder = getattr(model, "encoder", None)
+    return bool(getattr(model, "keep_encoder_eval", False) and encoder is not None
+                and not any(p.requires_grad for p in encoder.parameters()))
+
+
+@torch.no_grad()
+def encode_all(model: nn.Module, loader, device: torch.device, progress: bool = True):
+    """Pooled features (N, H) and labels (N,) for every example, in dataset order."""
+    n = len(loader.dataset)
+    feats, labels = None, torch.empty(n, dtype=torch.long, device=device)
+    model.encoder.eval()
+    for batch in tqdm(loader, desc="caching features", leave=False, disable=not progress):
+        batch = move(batch, device)
+        with autocast(device):
+            f = model.features(**model_inputs(batch)).float()  # (B, H)
+        if feats is None:
+            feats = torch.empty(n, f.shape[-1], device=device)
+        feats[batch["index"]], labels[batch["index"]] = f, batch["labels"]
+    return feats, labels
+
+
+def _cached_batches(feats, labels, batch_size: int, generator: torch.Generator):
+    order = torch.randperm(len(labels), generator=generator).to(feats.device)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        yield {"features": feats[idx], "labels": labels[idx]}
+
+
+def fit(
+    model: nn.Module,
+    train_loader,
+    val_loader=None,
+    *,
+    epochs: int = 2,
+    lr: float = 5e-5,
+    groups: Sequence[dict] | None = None,
+    weight_decay: float = 0.01,
+    schedule: Callable[[int, int], float] | None = None,
+    max_grad_norm: float | None = 1.0,
+    callbacks: Sequence[Callback] = (),
+    patience: int | None = None,
+    metric: str = "accuracy",
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> History:
+    """Train `model` and return its History; with a val_loader, the best epoch's weights are kept."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if len(train_loader.dataset) == 0:
+        raise ValueError("the training set is empty")
+    device = torch.device(device) if device is not None else get_device()
+    set_seed(seed)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(groups if groups is not None else param_groups(model, weight_decay), lr=lr)
+    if not any(p.requires_grad for g in optimizer.param_groups for p in g["params"]):
+        raise ValueError("no parameter in the optimizer requires grad: apply a strategy first")
+    cached = uses_feature_cache(model)
+    steps_per_epoch = math.ceil(len(train_loader.dataset) / train_loader.batch_size)
+    total = epochs * steps_per_epoch
+    schedule = schedule or linear_warmup_decay()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, total))
+    state = TrainState(model, optimizer, scheduler, History(), epochs=epochs, total_steps=total)
+    best, best_weights, bad_epochs = -math.inf, None, 0
+    generator = torch.Generator().manual_seed(seed)
+    for cb in callbacks:
+        cb.on_train_begin(state)
+    for epoch in range(1, epochs + 1):
+        state.epoch = epoch
+        for cb in callbacks:
+            cb.on_epoch_begin(state)
+        t0, losses, seen = time.perf_counter(), [], 0
+        if cached and epoch == 1:
+            feats, labels = encode_all(model, train_loader, device, progress)
+        batches = _cached_batches(feats, labels, train_loader.batch_size, generator) if cached else train_loader
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
+        for batch in bar:
+            ts = time.perf_counter()
+            batch = move(batch, device)
+            with autocast(device):
+                logits = model.head(batch["features"]) if cached else model(**model_inputs(batch))  # (B, C)
+                _check_labels(batch["labels"], logits.shape[-1])
+                loss = F.cross_entropy(logits.float(), batch["labels"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm:
+                nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            losses.append(loss.item())
+            seen += len(batch["labels"])
+            state.history.step_loss.append(losses[-1])
+            state.history.step_seconds.append(time.perf_counter() - ts)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            for cb in callbacks:
+                cb.on_step_end(state)
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "seconds": seconds,
+               "examples_per_second": seen / seconds, "lr": scheduler.get_last_lr()[0]}
+        if val_loader is not None:
+            row.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items() if k != "n"})
+        state.history.epochs.append(row)
+        for cb in callbacks:
+            cb.on_epoch_end(state)
+        if val_loader is None:
+            continue
+        if row[f"val_{metric}"] > best:
+            best, bad_epochs, state.history.best_epoch = row[f"val_{metric}"], 0, epoch
+            best_weights = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+            if patience is not None and bad_epochs >= patience:
+                break
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    model.eval()
+    return state.history
