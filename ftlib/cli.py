@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from .profiles import PROFILES
@@ -14,9 +15,8 @@ from .strategies import STRATEGIES
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="hub name or local path (default: the embedded all-MiniLM-L6-v2)")
     p.add_argument("--profile", default=None, help=f"one of {sorted(PROFILES)} (default: full on CUDA, else quick)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--output", type=Path, default=Path("results"), help="folder for JSON results")
+    p.add_argument("--output", type=Path, default=Path("results"), help="folder for results (default: results/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
@@ -27,33 +27,45 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--strategy", required=True, help=f"one of: {', '.join(STRATEGIES)}")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the strategy's)")
     t.add_argument("--epochs", type=int, default=None, help="default: the profile's")
+    t.add_argument("--seed", type=int, default=0)
     _common(t)
     c = sub.add_parser("compare", help="train several strategies on the same data and print one table")
     c.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated names (default: all)")
+    c.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1 for mean and spread")
     _common(c)
     return p
 
 
+def _train(args, kwargs) -> None:
+    from .experiment import run_strategy
+
+    model, history, result = run_strategy(args.strategy, lr=args.lr, epochs=args.epochs, seed=args.seed, **kwargs)
+    for key, value in asdict(result).items():
+        print(f"{key:>18}: {value:,.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / f"train_{args.strategy}.json").write_text(json.dumps(asdict(result), indent=1))
+    history.to_json(args.output / f"history_{args.strategy}.json")
+    print(f"\nwritten: {args.output}/train_{args.strategy}.json, history_{args.strategy}.json")
+
+
+def _compare(args, kwargs) -> None:
+    from .compare import compare, format_table
+
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    df = compare(names, seeds=args.seeds, output=args.output, **kwargs)
+    r = df.iloc[0]
+    print(f"\nprofile {r['profile']} on {r['device']}, seeds {args.seeds}; "
+          f"TREC-6 probe accuracy before fine-tuning {df.attrs['probe_base_accuracy']:.3f}\n")
+    print(format_table(df))
+    print(f"\nwritten: {args.output}/results.csv, results.json, summary.csv and PNG plots")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from .experiment import compare, format_table, results_dicts, run_strategy  # heavy imports after --help
-
-    kwargs = dict(profile=args.profile, model_name=args.model, seed=args.seed, device=args.device,
-                  progress=not args.no_progress)
+    kwargs = dict(profile=args.profile, model_name=args.model, device=args.device, progress=not args.no_progress)
     try:
-        if args.command == "train":
-            _, history, result = run_strategy(args.strategy, lr=args.lr, epochs=args.epochs, **kwargs)
-            results = [result]
-        else:
-            names = [s.strip() for s in args.strategies.split(",") if s.strip()]
-            results = compare(names, **kwargs)
+        (_train if args.command == "train" else _compare)(args, kwargs)
     except (ValueError, OSError, ModuleNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"\nprofile {results[0].profile} on {results[0].device}, seed {args.seed}\n")
-    print(format_table(results))
-    args.output.mkdir(parents=True, exist_ok=True)
-    out = args.output / f"{args.command}.json"
-    out.write_text(json.dumps(results_dicts(results), indent=1))
-    print(f"\nwritten: {out}")
     return 0

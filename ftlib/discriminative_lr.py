@@ -57,6 +57,8 @@ def slanted_triangular(cut_frac: float = 0.1, ratio: float = 32) -> Callable[[in
 
     def schedule(step: int, total: int) -> float:
         cut = max(1, math.floor(total * cut_frac))
-        p = step / cut if step < cut else 1 - (step - cut) / max(1, cut * (1 / cut_frac - 1))
+        # The paper writes the fall's length as cut * (1/cut_frac - 1); that equals total - cut only when
+        # total * cut_frac is an integer, and otherwise overshoots into negative rates.
+        p = step / cut if step < cut else max(0.0, 1 - (step - cut) / max(1, total - cut))
         return (1 + p * (ratio - 1)) / ratio
     return schedule

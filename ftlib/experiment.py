@@ -1,11 +1,9 @@
-"""Train one strategy end to end on the course data, and compare several side by side."""
+"""Train one strategy end to end on the course data: the unit that the CLI, notebooks and compare share."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-
-import torch
+from dataclasses import dataclass
 
 from .data import load_movie_reviews, make_loader, take_stratified
 from .device import describe, get_device, set_seed
@@ -62,32 +60,3 @@ def run_strategy(name: str, *, profile: str | None = None, model_name: str | Non
                     history.seconds_per_step, history.total_seconds, history.best("val_accuracy"),
                     test["accuracy"], test["macro_f1"])
     return model, history, result
-
-
-def format_table(results: list[Result]) -> str:
-    """A plain-text results table, one row per strategy."""
-    header = f"{'strategy':<20} {'trainable':>11} {'%':>8} {'memory MB':>10} {'s/step':>7} {'train s':>8} " \
-             f"{'val acc':>8} {'test acc':>8} {'test F1':>8}"
-    rows = [header, "-" * len(header)]
-    for r in results:
-        rows.append(f"{r.strategy:<20} {r.trainable:>11,} {r.trainable_percent:>8.3f} {r.memory_bytes / 2**20:>10.1f} "
-                    f"{r.seconds_per_step:>7.3f} {r.train_seconds:>8.1f} {r.val_accuracy:>8.3f} "
-                    f"{r.test_accuracy:>8.3f} {r.test_macro_f1:>8.3f}")
-    return "\n".join(rows)
-
-
-def compare(strategies: list[str], **kwargs) -> list[Result]:
-    """run_strategy for each name with the same data, seed and profile; the models are dropped."""
-    for name in strategies:
-        get_recipe(name)  # fail before any training on a typo
-    splits = load_movie_reviews()
-    results = []
-    for name in strategies:
-        _, _, result = run_strategy(name, splits=splits, **kwargs)
-        results.append(result)
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return results
-
-
-def results_dicts(results: list[Result]) -> list[dict]:
-    return [asdict(r) for r in results]

@@ -55,7 +55,9 @@ class GradualUnfreezing(Callback):
 
     def _tick(self, state: TrainState, done: int) -> None:
         if done >= self.start and (done - self.start) % self.every == 0:
-            self.log.append((done, self.unfreeze(state.model)))
+            before = self.unfrozen
+            if self.unfreeze(state.model) > before:  # a tick after everything is thawed is not a stage
+                self.log.append((done, self.unfrozen))
 
     def on_epoch_begin(self, state: TrainState) -> None:
         if self.unit == "epoch":

@@ -126,6 +126,8 @@ def encode_all(model: nn.Module, loader, device: torch.device, progress: bool = 
     feats, labels = None, torch.empty(n, dtype=torch.long, device=device)
     model.encoder.eval()
     for batch in tqdm(loader, desc="caching features", leave=False, disable=not progress):
+        if "index" not in batch:
+            raise KeyError("feature caching needs batches with an 'index' key; build loaders with ftlib.data.make_loader")
         batch = move(batch, device)
         with autocast(device):
             f = model.features(**model_inputs(batch)).float()  # (B, H)
