@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.metadata
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -120,7 +121,14 @@ def take_stratified(ds: TextDataset, n: int | None, seed: int = 0) -> TextDatase
     """The first n examples of a stable, class-balanced order (all of them for None)."""
     if n is None or n >= len(ds):
         return ds
-    return stratified_split(ds, (n / len(ds), 1 - n / len(ds)), ("keep", "rest"), seed)["keep"]
+    by_class = [sorted((i for i, y in enumerate(ds.labels) if y == c), key=lambda i: _stable_key(seed, i, ds.texts[i]))
+                for c in range(ds.num_labels)]
+    exact = [len(idx) * n / len(ds) for idx in by_class]
+    quota = [math.floor(x) for x in exact]
+    for c in sorted(range(len(exact)), key=lambda c: quota[c] - exact[c])[:n - sum(quota)]:
+        quota[c] += 1  # largest remainders first: the quotas add up to exactly n
+    keep = [i for idx, q in zip(by_class, quota, strict=True) for i in idx[:q]]
+    return ds.subset(sorted(keep, key=lambda i: _stable_key(seed, i, ds.texts[i])), f"{ds.name}/keep")
 
 
 def load_movie_reviews(seed: int = 0) -> dict[str, TextDataset]:

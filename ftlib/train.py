@@ -19,6 +19,7 @@ from .history import History
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+METRICS = {"accuracy": 1, "macro_f1": 1, "loss": -1}  # validation metric -> sign that makes higher better
 
 
 @dataclass
@@ -106,6 +107,14 @@ def evaluate(model: nn.Module, loader, device: torch.device | None = None, progr
     return {"loss": F.cross_entropy(logits, labels).item(), **out, "n": len(labels)}
 
 
+def _dataset_labels(loader) -> Sequence[int] | None:
+    """The labels of a loader's dataset when it exposes them (make_loader's does), else None."""
+    if loader is None:
+        return None
+    ds = getattr(loader.dataset, "ds", loader.dataset)
+    return getattr(ds, "labels", None)
+
+
 def _check_labels(labels: torch.Tensor, num_labels: int) -> None:
     if labels.min() < 0 or labels.max() >= num_labels:
         raise ValueError(f"labels must be in 0..{num_labels - 1} for a {num_labels}-class head, "
@@ -167,6 +176,13 @@ def fit(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if len(train_loader.dataset) == 0:
         raise ValueError("the training set is empty")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    num_labels = getattr(model, "num_labels", None)
+    for loader in (train_loader, val_loader):
+        labels = _dataset_labels(loader)
+        if num_labels is not None and labels is not None:
+            _check_labels(torch.as_tensor(labels), num_labels)  # before any update, not at the bad batch
     device = torch.device(device) if device is not None else get_device()
     set_seed(seed)
     model.to(device).train()
@@ -223,8 +239,9 @@ def fit(
             cb.on_epoch_end(state)
         if val_loader is None:
             continue
-        if row[f"val_{metric}"] > best:
-            best, bad_epochs, state.history.best_epoch = row[f"val_{metric}"], 0, epoch
+        score = METRICS[metric] * row[f"val_{metric}"]  # higher is better
+        if score > best:
+            best, bad_epochs, state.history.best_epoch = score, 0, epoch
             best_weights = copy.deepcopy(model.state_dict())
         else:
             bad_epochs += 1
