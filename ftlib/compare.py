@@ -29,7 +29,7 @@ COLUMNS = {  # column -> (header, format) for the printed table
     "train_seconds": ("train s", "{:.0f}"), "test_accuracy": ("test acc", "{:.3f}"),
     "test_macro_f1": ("test F1", "{:.3f}"), "ood_tweets": ("tweets", "{:.3f}"), "ood_amazon": ("amazon", "{:.3f}"),
     "ood_nyt": ("nyt", "{:.3f}"), "forgetting": ("forget", "{:+.3f}"), "drift": ("drift", "{:.4f}"),
-    "disk_mb": ("disk MB", "{:.2f}"),
+    "disk_mb": ("disk MB", "{:.3f}"),
 }
 
 
