@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +29,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the strategy's)")
     t.add_argument("--epochs", type=int, default=None, help="default: the profile's")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step (a larger effective batch)")
+    t.add_argument("--checkpoint-dir", type=Path, default=None, help="save a crash-safe checkpoint every epoch")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     _common(t)
     c = sub.add_parser("compare", help="train several strategies on the same data and print one table")
     c.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated names (default: all)")
@@ -39,7 +43,11 @@ def parser() -> argparse.ArgumentParser:
 def _train(args, kwargs) -> None:
     from .experiment import run_strategy
 
-    model, history, result = run_strategy(args.strategy, lr=args.lr, epochs=args.epochs, seed=args.seed, **kwargs)
+    model, history, result = run_strategy(args.strategy, lr=args.lr, epochs=args.epochs, seed=args.seed,
+                                          grad_accum=args.grad_accum, checkpoint_dir=args.checkpoint_dir,
+                                          resume=args.resume, **kwargs)
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, one process reports
+        return
     for key, value in asdict(result).items():
         print(f"{key:>18}: {value:,.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
     args.output.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,10 @@ class Result:
 
 def run_strategy(name: str, *, profile: str | None = None, model_name: str | None = None, seed: int = 0,
                  device: str | None = None, progress: bool = True, lr: float | None = None,
-                 epochs: int | None = None, splits: dict | None = None):
-    """Apply strategy `name` to a fresh model, train it on the movie reviews, test it: (model, History, Result)."""
+                 epochs: int | None = None, splits: dict | None = None, **fit_kwargs):
+    """Apply strategy `name` to a fresh model, train it on the movie reviews, test it: (model, History, Result).
+
+    Extra keyword arguments (grad_accum, checkpoint_dir, resume, patience, ...) go to ftlib.train.fit."""
     recipe = get_recipe(name)
     dev = get_device(device)
     prof = get_profile(profile, dev)
@@ -53,7 +55,7 @@ def run_strategy(name: str, *, profile: str | None = None, model_name: str | Non
     history: History = fit(
         model, loaders[0], loaders[1], epochs=epochs, lr=lr,
         groups=recipe.groups(model, lr) if recipe.groups else None, schedule=recipe.schedule,
-        callbacks=recipe.callbacks(model, total_steps), seed=seed, device=dev, progress=progress)
+        callbacks=recipe.callbacks(model, total_steps), seed=seed, device=dev, progress=progress, **fit_kwargs)
     test = evaluate(model, loaders[2], dev, progress)
     count, memory = count_parameters(model), training_memory(model)
     result = Result(name, prof.name, describe(dev), seed, count.trainable, count.total, count.percent, memory.total,

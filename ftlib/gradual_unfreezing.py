@@ -28,6 +28,8 @@ def unfreezing_order(model: nn.Module) -> list[nn.Module]:
 class GradualUnfreezing(Callback):
     """Thaw `per_stage` blocks after `start` epochs (or steps) of head-only training, then every `every`."""
 
+    changes_trainable = True  # fit refuses it under DDP, which fixes the synchronised tensors up front
+
     def __init__(self, every: int = 1, unit: str = "epoch", per_stage: int = 1, start: int = 1):
         if unit not in ("epoch", "step"):
             raise ValueError(f"unit must be 'epoch' or 'step', got {unit!r}")
@@ -45,6 +47,12 @@ class GradualUnfreezing(Callback):
             block.requires_grad_(True)
         self.unfrozen = min(len(order), self.unfrozen + self.per_stage)
         return self.unfrozen
+
+    def state_dict(self) -> dict:
+        return {"unfrozen": self.unfrozen, "log": self.log}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.unfrozen, self.log = state["unfrozen"], [tuple(x) for x in state["log"]]
 
     def on_train_begin(self, state: TrainState) -> None:
         unfreezing_order(state.model)  # clear error for a model without layers

@@ -3,17 +3,21 @@ per-epoch evaluation, early stopping that restores the best weights, callbacks, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import resume_from, save_run
 from .device import autocast, get_device, set_seed
 from .history import History
 
@@ -43,6 +47,12 @@ class Callback:
     def on_epoch_begin(self, state: TrainState) -> None: ...
     def on_step_end(self, state: TrainState) -> None: ...
     def on_epoch_end(self, state: TrainState) -> None: ...
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must keep of this callback (JSON-serialisable)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def param_groups(model: nn.Module, weight_decay: float = 0.01, params: Iterable | None = None) -> list[dict]:
@@ -85,8 +95,11 @@ def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, num_labels
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device | None = None, progress: bool = False):
-    """(logits (N, C), labels (N,)) over a loader, in eval mode (no dropout), restoring the mode after."""
+def predict(model: nn.Module, loader, device: torch.device | None = None, progress: bool = False, accelerator=None):
+    """(logits (N, C), labels (N,)) over a loader, in eval mode (no dropout), restoring the mode after.
+
+    Under DDP each process sees a shard; gather_for_metrics collects every example exactly once (the
+    sampler pads the last shard with repeats, which it drops)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -94,15 +107,20 @@ def predict(model: nn.Module, loader, device: torch.device | None = None, progre
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
         batch = move(batch, device)
         with autocast(device):
-            logits.append(model(**model_inputs(batch)).float())
-        labels.append(batch["labels"])
+            out = model(**model_inputs(batch)).float()  # (B, C)
+        target = batch["labels"]
+        if accelerator is not None:
+            out, target = accelerator.gather_for_metrics((out, target))
+        logits.append(out)
+        labels.append(target)
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
 
 
-def evaluate(model: nn.Module, loader, device: torch.device | None = None, progress: bool = False) -> dict:
+def evaluate(model: nn.Module, loader, device: torch.device | None = None, progress: bool = False,
+             accelerator=None) -> dict:
     """loss, accuracy, macro_f1 and n over a whole loader."""
-    logits, labels = predict(model, loader, device, progress)
+    logits, labels = predict(model, loader, device, progress, accelerator)
     out = classification_metrics(logits.argmax(-1), labels, logits.shape[-1])
     return {"loss": F.cross_entropy(logits, labels).item(), **out, "n": len(labels)}
 
@@ -153,6 +171,17 @@ def _cached_batches(feats, labels, batch_size: int, generator: torch.Generator):
         yield {"features": feats[idx], "labels": labels[idx]}
 
 
+def launched_accelerator():
+    """An Accelerator when started by `accelerate launch` or torchrun with several processes, else None.
+
+    Without CUDA it asks for CPU processes explicitly, which makes them talk over gloo."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import Accelerator
+
+        return Accelerator(cpu=not torch.cuda.is_available())
+    return None
+
+
 def fit(
     model: nn.Module,
     train_loader,
@@ -170,84 +199,125 @@ def fit(
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
+    grad_accum: int = 1,
+    accelerator=None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> History:
-    """Train `model` and return its History; with a val_loader, the best epoch's weights are kept."""
+    """Train `model` and return its History; with a val_loader, the best epoch's weights are kept.
+
+    Under `accelerate launch` (or with an Accelerator passed in) the same loop runs data-parallel:
+    the model is wrapped in DDP, each process sees its shard, and evaluation gathers every example once.
+    With `checkpoint_dir`, a checkpoint is written after every epoch; `resume=True` continues from it.
+    """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if not isinstance(grad_accum, int) or grad_accum < 1:
+        raise ValueError(f"grad_accum must be a positive int, got {grad_accum!r}")
     if len(train_loader.dataset) == 0:
         raise ValueError("the training set is empty")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
     num_labels = getattr(model, "num_labels", None)
     for loader in (train_loader, val_loader):
         labels = _dataset_labels(loader)
         if num_labels is not None and labels is not None:
             _check_labels(torch.as_tensor(labels), num_labels)  # before any update, not at the bad batch
-    device = torch.device(device) if device is not None else get_device()
+    accelerator = accelerator or launched_accelerator()
+    distributed = accelerator is not None and accelerator.num_processes > 1
+    device = accelerator.device if accelerator else torch.device(device) if device is not None else get_device()
     set_seed(seed)
     model.to(device).train()
     optimizer = torch.optim.AdamW(groups if groups is not None else param_groups(model, weight_decay), lr=lr)
     if not any(p.requires_grad for g in optimizer.param_groups for p in g["params"]):
         raise ValueError("no parameter in the optimizer requires grad: apply a strategy first")
-    cached = uses_feature_cache(model)
-    steps_per_epoch = math.ceil(len(train_loader.dataset) / train_loader.batch_size)
+    cached = uses_feature_cache(model) and not distributed  # each process would cache only its shard
+    net = model
+    if distributed:
+        if any(getattr(cb, "changes_trainable", False) for cb in callbacks):
+            raise ValueError("callbacks that change which tensors train (gradual unfreezing) cannot run under DDP: "
+                             "DDP fixes the set of synchronised tensors when it wraps the model")
+        net = accelerator.prepare_model(model)  # DDP: gradients are averaged across processes in backward
+        train_loader = accelerator.prepare_data_loader(train_loader)
+        val_loader = accelerator.prepare_data_loader(val_loader) if val_loader is not None else None
+    steps_per_epoch = math.ceil(len(train_loader) / grad_accum)  # optimizer steps this process takes
     total = epochs * steps_per_epoch
     schedule = schedule or linear_warmup_decay()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, total))
     state = TrainState(model, optimizer, scheduler, History(), epochs=epochs, total_steps=total)
-    best, best_weights, bad_epochs = -math.inf, None, 0
-    generator = torch.Generator().manual_seed(seed)
+    run = {"best": -math.inf, "bad_epochs": 0, "best_weights": None, "stopped": False}
+    generators = {"cache": torch.Generator().manual_seed(seed)}
+    if getattr(train_loader, "generator", None) is not None:
+        generators["loader"] = train_loader.generator
+    first = 1
+    if resume:
+        first = resume_from(checkpoint_dir, state, run, generators, callbacks) + 1
     for cb in callbacks:
         cb.on_train_begin(state)
-    for epoch in range(1, epochs + 1):
+    feats = None
+    for epoch in range(first, epochs + 1):
+        if run["stopped"]:
+            break
         state.epoch = epoch
         for cb in callbacks:
             cb.on_epoch_begin(state)
         t0, losses, seen = time.perf_counter(), [], 0
-        if cached and epoch == 1:
+        if cached and feats is None:
             feats, labels = encode_all(model, train_loader, device, progress)
-        batches = _cached_batches(feats, labels, train_loader.batch_size, generator) if cached else train_loader
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
-        for batch in bar:
+        batches = _cached_batches(feats, labels, train_loader.batch_size, generators["cache"]) if cached \
+            else train_loader
+        n_batches = len(train_loader)
+        bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(bar):
             ts = time.perf_counter()
             batch = move(batch, device)
-            with autocast(device):
-                logits = model.head(batch["features"]) if cached else model(**model_inputs(batch))  # (B, C)
-                _check_labels(batch["labels"], logits.shape[-1])
-                loss = F.cross_entropy(logits.float(), batch["labels"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm:
-                nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            state.step += 1
+            sync = (i + 1) % grad_accum == 0 or i + 1 == n_batches  # step after every grad_accum batches
+            with net.no_sync() if distributed and not sync else contextlib.nullcontext():
+                with autocast(device):
+                    logits = model.head(batch["features"]) if cached else net(**model_inputs(batch))  # (B, C)
+                    _check_labels(batch["labels"], logits.shape[-1])
+                    loss = F.cross_entropy(logits.float(), batch["labels"])
+                (loss / grad_accum).backward()
             losses.append(loss.item())
             seen += len(batch["labels"])
             state.history.step_loss.append(losses[-1])
+            if sync:
+                if max_grad_norm:
+                    nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
             state.history.step_seconds.append(time.perf_counter() - ts)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            for cb in callbacks:
-                cb.on_step_end(state)
+            if sync:
+                for cb in callbacks:
+                    cb.on_step_end(state)
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "seconds": seconds,
                "examples_per_second": seen / seconds, "lr": scheduler.get_last_lr()[0]}
         if val_loader is not None:
-            row.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items() if k != "n"})
+            found = evaluate(net, val_loader, device, accelerator=accelerator if distributed else None)
+            row.update({f"val_{k}": v for k, v in found.items() if k != "n"})
         state.history.epochs.append(row)
         for cb in callbacks:
             cb.on_epoch_end(state)
-        if val_loader is None:
-            continue
-        score = METRICS[metric] * row[f"val_{metric}"]  # higher is better
-        if score > best:
-            best, bad_epochs, state.history.best_epoch = score, 0, epoch
-            best_weights = copy.deepcopy(model.state_dict())
-        else:
-            bad_epochs += 1
-            if patience is not None and bad_epochs >= patience:
-                break
-    if best_weights is not None:
-        model.load_state_dict(best_weights)
+        if val_loader is not None:
+            score = METRICS[metric] * row[f"val_{metric}"]  # higher is better
+            if score > run["best"]:
+                run.update(best=score, bad_epochs=0, best_weights=copy.deepcopy(model.state_dict()))
+                state.history.best_epoch = epoch
+            else:
+                run["bad_epochs"] += 1
+                run["stopped"] = patience is not None and run["bad_epochs"] >= patience
+        if checkpoint_dir is not None and (accelerator is None or accelerator.is_main_process):
+            save_run(checkpoint_dir, state, run, generators, callbacks)
+        if distributed:
+            accelerator.wait_for_everyone()
+    if run["best_weights"] is not None:
+        model.load_state_dict(run["best_weights"])
     model.eval()
     return state.history
