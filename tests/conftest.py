@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network; h
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
 from ftlib.models import SequenceClassifier
@@ -59,3 +60,35 @@ def arch(request) -> str:
 @pytest.fixture
 def batch() -> dict:
     return make_batch()
+
+
+class Rows(Dataset):
+    """n tiny labelled sequences as dicts; labels follow the first token, 'index' feeds the feature cache."""
+
+    def __init__(self, n: int, seq_len: int = 8, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(3, TINY["vocab_size"], (n, seq_len), generator=g)
+        lengths = torch.randint(3, seq_len + 1, (n,), generator=g)
+        self.mask = (torch.arange(seq_len) < lengths[:, None]).long()
+        self.ids[self.mask == 0] = 1  # pad id
+        self.labels = self.ids[:, 0] % 3  # learnable from the first token
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i], "index": i}
+
+
+def rows_loader(n: int = 8, batch_size: int = 4) -> DataLoader:
+    """fit needs loader.dataset and loader.batch_size: a plain DataLoader over Rows has both."""
+    return DataLoader(Rows(n), batch_size=batch_size)
+
+
+def block_of(name: str) -> str:
+    """Which block (embeddings, layer.i, head) a SequenceClassifier parameter belongs to, from its name."""
+    if name.startswith("encoder.embeddings."):
+        return "embeddings"
+    if name.startswith("encoder.encoder.layer."):
+        return f"layer.{name.split('.')[3]}"
+    return "head"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, make_model
-from torch.utils.data import DataLoader, Dataset
+from conftest import TINY, block_of, make_model
+from conftest import rows_loader as loader
 
 from ftlib.discriminative_lr import (
     ULMFIT_DECAY,
@@ -21,35 +21,10 @@ L = TINY["num_hidden_layers"]
 BASE = 1e-3
 
 
-class Rows(Dataset):
-    """n tiny labelled sequences as dicts (fit needs loader.dataset and loader.batch_size; index feeds the cache)."""
-
-    def __init__(self, n: int, seq_len: int = 8, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(3, TINY["vocab_size"], (n, seq_len), generator=g)
-        lengths = torch.randint(3, seq_len + 1, (n,), generator=g)
-        self.mask = (torch.arange(seq_len) < lengths[:, None]).long()
-        self.ids[self.mask == 0] = 1  # pad id
-        self.labels = self.ids[:, 0] % 3  # learnable from the first token
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i], "index": i}
 
 
-def loader(n: int, batch_size: int) -> DataLoader:
-    return DataLoader(Rows(n), batch_size=batch_size)
 
 
-def block_of(name: str) -> str:
-    """Which learning-rate block a SequenceClassifier parameter belongs to, from its name alone."""
-    if name.startswith("encoder.embeddings."):
-        return "embeddings"
-    if name.startswith("encoder.encoder.layer."):
-        return f"layer.{name.split('.')[3]}"
-    return "head"
 
 
 def expected_lr(block: str, base: float, decay: float, layers: int = L) -> float:

@@ -4,32 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, make_model
+from conftest import Rows, make_model
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ftlib.feature_extraction import apply_feature_extraction
 from ftlib.full import apply_full
 from ftlib.params import trainable_names
 from ftlib.train import fit, uses_feature_cache
-
-
-class Rows(Dataset):
-    """n tiny labelled sequences as dicts; 'index' lets fit cache the features per example."""
-
-    def __init__(self, n: int, seq_len: int = 8, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(3, TINY["vocab_size"], (n, seq_len), generator=g)
-        lengths = torch.randint(3, seq_len + 1, (n,), generator=g)
-        self.mask = (torch.arange(seq_len) < lengths[:, None]).long()
-        self.ids[self.mask == 0] = 1  # pad id
-        self.labels = self.ids[:, 0] % 3
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i], "index": i}
 
 
 def features(model, batch) -> torch.Tensor:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, make_model
+from conftest import TINY, block_of, make_model
+from conftest import rows_loader as loader
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from ftlib.gradual_unfreezing import GradualUnfreezing, apply_gradual_unfreezing, unfreezing_order
 from ftlib.models import embeddings, encoder_layers
@@ -20,34 +20,10 @@ BLOCKS = ["layer.1", "layer.0", "embeddings"]  # the thawing order of the 2-laye
 HEAD = {"classifier.weight", "classifier.bias"}
 
 
-class Rows(Dataset):
-    """n tiny labelled sequences as dicts (fit needs loader.dataset and loader.batch_size)."""
-
-    def __init__(self, n: int, seq_len: int = 8, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(3, TINY["vocab_size"], (n, seq_len), generator=g)
-        lengths = torch.randint(3, seq_len + 1, (n,), generator=g)
-        self.mask = (torch.arange(seq_len) < lengths[:, None]).long()
-        self.ids[self.mask == 0] = 1  # pad id
-        self.labels = self.ids[:, 0] % 3
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i], "index": i}
 
 
-def loader(n: int = 8, batch_size: int = 4) -> DataLoader:
-    return DataLoader(Rows(n), batch_size=batch_size)
 
 
-def block_of(name: str) -> str:
-    if name.startswith("encoder.embeddings."):
-        return "embeddings"
-    if name.startswith("encoder.encoder.layer."):
-        return f"layer.{name.split('.')[3]}"
-    return "head"
 
 
 def trainable_blocks(model: nn.Module) -> set[str]:
