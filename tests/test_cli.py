@@ -93,10 +93,12 @@ def test_train_passes_options_and_writes_json(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(experiment, "run_strategy", stub)
     out_dir = tmp_path / "out"
     argv = ["train", "--strategy", "lora", "--lr", "0.002", "--epochs", "3", "--profile", "quick", "--seed", "7",
-            "--device", "cpu", "--model", "some/model", "--output", str(out_dir), "--no-progress"]
+            "--device", "cpu", "--model", "some/model", "--output", str(out_dir), "--no-progress",
+            "--grad-accum", "2", "--checkpoint-dir", str(tmp_path / "ck"), "--resume"]
     assert cli.main(argv) == 0
     assert calls == [("lora", dict(lr=0.002, epochs=3, profile="quick", model_name="some/model", seed=7,
-                                   device="cpu", progress=False))]
+                                   device="cpu", progress=False, grad_accum=2, checkpoint_dir=tmp_path / "ck",
+                                   resume=True))]
     assert json.loads((out_dir / "train_lora.json").read_text()) == asdict(fake_result("lora"))
     assert History(**json.loads((out_dir / "history_lora.json").read_text())) == history
     out = capsys.readouterr().out
