@@ -42,10 +42,14 @@ def parser() -> argparse.ArgumentParser:
 
 def _train(args, kwargs) -> None:
     from .experiment import run_strategy
+    from .train import end_distributed
 
-    model, history, result = run_strategy(args.strategy, lr=args.lr, epochs=args.epochs, seed=args.seed,
-                                          grad_accum=args.grad_accum, checkpoint_dir=args.checkpoint_dir,
-                                          resume=args.resume, **kwargs)
+    try:
+        model, history, result = run_strategy(args.strategy, lr=args.lr, epochs=args.epochs, seed=args.seed,
+                                              grad_accum=args.grad_accum, checkpoint_dir=args.checkpoint_dir,
+                                              resume=args.resume, **kwargs)
+    finally:
+        end_distributed()
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, one process reports
         return
     for key, value in asdict(result).items():

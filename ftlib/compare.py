@@ -21,7 +21,7 @@ from .params import save_trainable
 from .profiles import get_profile
 from .spectrum import singular_values, weight_updates
 from .strategies import get_recipe
-from .train import evaluate
+from .train import evaluate, progress_bar
 
 COLUMNS = {  # column -> (header, format) for the printed table
     "trainable": ("trainable", "{:,.0f}"), "trainable_percent": ("%", "{:.3f}"),
@@ -52,7 +52,10 @@ def measure(model, tokenizer, name: str, probe: RetentionProbe, ood: dict, prof,
 
 def compare(strategies: list[str], *, profile: str | None = None, seeds: int = 1, model_name: str | None = None,
             device: str | None = None, output: str | Path | None = "results", progress: bool = True) -> pd.DataFrame:
-    """Train each strategy for each seed and return one row per run (also written under `output`)."""
+    """Train each strategy for each seed and return one row per run (also written under `output`).
+
+    progress: one bar over the runs and a line per finished run; the runs' own bars stay off so a long
+    comparison in Jupyter sends a bounded number of messages (see `train.progress_bar`)."""
     for name in strategies:
         get_recipe(name)  # fail on a typo before any training
     if seeds < 1:
@@ -68,20 +71,25 @@ def compare(strategies: list[str], *, profile: str | None = None, seeds: int = 1
     before = {n: p.detach().cpu().clone() for n, p in base.named_parameters()}
     del base
     rows, curves, spectra = [], {}, {}
-    for seed in range(seeds):
-        for name in strategies:
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
-            model, history, result = run_strategy(name, profile=prof.name, model_name=model_name, seed=seed,
-                                                  device=str(dev), progress=progress, splits=splits)
-            row = {**asdict(result), "memory_mb": result.memory_bytes / 2**20,
-                   "peak_cuda_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None}
-            if name == "full" and seed == 0:
-                spectra = {n: singular_values(d) for n, d in weight_updates(before, model).items()}
-            row.update(measure(model, tokenizer, name, probe, ood, prof, dev))
-            rows.append(row)
-            curves[(name, seed)] = history.step_loss
-            del model
+    runs = [(seed, name) for seed in range(seeds) for name in strategies]
+    bar = progress_bar(runs, desc="compare", progress=progress, unit="run")  # one bar: see progress_bar
+    for seed, name in bar:
+        bar.set_postfix_str(f"{name} seed {seed}")
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        model, history, result = run_strategy(name, profile=prof.name, model_name=model_name, seed=seed,
+                                              device=str(dev), progress=False, splits=splits)
+        row = {**asdict(result), "memory_mb": result.memory_bytes / 2**20,
+               "peak_cuda_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None}
+        if name == "full" and seed == 0:
+            spectra = {n: singular_values(d) for n, d in weight_updates(before, model).items()}
+        row.update(measure(model, tokenizer, name, probe, ood, prof, dev))
+        rows.append(row)
+        curves[(name, seed)] = history.step_loss
+        if progress:
+            bar.write(f"{name} seed {seed}: test accuracy {row['test_accuracy']:.3f}, "
+                      f"{row['train_seconds']:.0f} s training")
+        del model
     df = pd.DataFrame(rows)
     df.attrs.update(probe_base_accuracy=probe.base_accuracy, profile=prof.name)
     if output is not None:

@@ -55,6 +55,12 @@ class Callback:
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def progress_bar(iterable=None, *, progress: bool = True, **kwargs):
+    """A tqdm bar that redraws at most once a second: in Jupyter every redraw is ~3 kernel messages, and an
+    unread backlog over ZeroMQ's limit (~5,000) is dropped, the cell's "done" signal with it (nbval hangs)."""
+    return tqdm(iterable, leave=False, disable=not progress, mininterval=1.0, **kwargs)
+
+
 def param_groups(model: nn.Module, weight_decay: float = 0.01, params: Iterable | None = None) -> list[dict]:
     """Two AdamW groups: decay for weights, none for biases and LayerNorm weights.
 
@@ -104,7 +110,7 @@ def predict(model: nn.Module, loader, device: torch.device | None = None, progre
     was_training = model.training
     model.eval()
     logits, labels = [], []
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+    for batch in progress_bar(loader, desc="eval", progress=progress):
         batch = move(batch, device)
         with autocast(device):
             out = model(**model_inputs(batch)).float()  # (B, C)
@@ -152,7 +158,7 @@ def encode_all(model: nn.Module, loader, device: torch.device, progress: bool = 
     n = len(loader.dataset)
     feats, labels = None, torch.empty(n, dtype=torch.long, device=device)
     model.encoder.eval()
-    for batch in tqdm(loader, desc="caching features", leave=False, disable=not progress):
+    for batch in progress_bar(loader, desc="caching features", progress=progress):
         if "index" not in batch:
             raise KeyError("feature caching needs batches with an 'index' key; build loaders with ftlib.data.make_loader")
         batch = move(batch, device)
@@ -180,6 +186,12 @@ def launched_accelerator():
 
         return Accelerator(cpu=not torch.cuda.is_available())
     return None
+
+
+def end_distributed() -> None:
+    """Destroy the process group before exit: gloo's threads left running at exit abort the process (SIGABRT)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def fit(
@@ -269,7 +281,7 @@ def fit(
         batches = _cached_batches(feats, labels, train_loader.batch_size, generators["cache"]) if cached \
             else train_loader
         n_batches = len(train_loader)
-        bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
+        bar = progress_bar(batches, total=n_batches, desc=f"epoch {epoch}/{epochs}", progress=progress)
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(bar):
             ts = time.perf_counter()
@@ -292,7 +304,7 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
             state.history.step_seconds.append(time.perf_counter() - ts)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)  # drawn at the next timed redraw
             if sync:
                 for cb in callbacks:
                     cb.on_step_end(state)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import make_model  # noqa: E402
 
-from ftlib.train import evaluate, fit, launched_accelerator  # noqa: E402
+from ftlib.train import end_distributed, evaluate, fit, launched_accelerator  # noqa: E402
 
 
 class Toy(torch.utils.data.Dataset):
@@ -55,6 +55,7 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump({"processes": accelerator.num_processes if accelerator else 1, "before": before, "after": after,
                        "val_accuracy": [e["val_accuracy"] for e in history.epochs], "steps": len(history.step_loss)}, f)
+    end_distributed()
 
 
 if __name__ == "__main__":

@@ -6,18 +6,21 @@ import copy
 import json
 import math
 import random
+import time
 
 import matplotlib
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_model
+from conftest import make_model, rows_loader
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
+from ftlib import train
 from ftlib.data import from_lists, make_loader
 from ftlib.feature_extraction import apply_feature_extraction
+from ftlib.full import apply_full
 from ftlib.history import History
 from ftlib.params import freeze_except
 from ftlib.train import (
@@ -488,3 +491,21 @@ def test_history_plot():
         assert fig.get_suptitle() == "toy"
     finally:
         plt.close(fig)
+
+
+def test_progress_bars_redraw_at_most_once_a_second(monkeypatch):
+    """In Jupyter each redraw is ~3 kernel messages; an unread backlog over ZeroMQ's limit hangs nbval."""
+    draws = []
+
+    class CountingBar(train.tqdm):
+        def display(self, *args, **kwargs):
+            draws.append(self.desc)
+            return super().display(*args, **kwargs)
+
+    monkeypatch.setattr(train, "tqdm", CountingBar)
+    model = apply_full(make_model(num_labels=3))
+    t0 = time.perf_counter()
+    fit(model, rows_loader(400, batch_size=2), rows_loader(8), epochs=2, lr=1e-3, progress=True, device="cpu")
+    elapsed = time.perf_counter() - t0
+    bars = 4  # two epoch bars and two validation bars, each drawn when opened and when closed
+    assert len(draws) <= 2 * bars + elapsed + 2, f"{len(draws)} redraws in {elapsed:.1f} s for 400 steps"
