@@ -16,7 +16,7 @@ class Profile:
     max_train: int | None  # training examples kept (stratified); None = all 8,058
     max_eval: int | None  # validation examples kept; the test split is always evaluated whole
     epochs: int  # passes over the training subset
-    max_length: int  # tokens per text after truncation; 64 covers ~95% of the snippets
+    max_length: int  # tokens after truncation; 64 truncates 5 of the 10,072 snippets (median 26, longest 79)
     batch_size: int  # 32 fits any laptop and keeps CPU steps short
 
 
