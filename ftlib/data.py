@@ -6,15 +6,16 @@ dependencies); we only locate its data folder through importlib.metadata.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib.metadata
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
@@ -151,41 +152,184 @@ def load_trec() -> TextDataset:
     return TextDataset(texts, tuple(names.index(c) for c in coarse), names, "trec6")
 
 
-def from_lists(texts: Sequence, labels: Sequence, label_names: Sequence[str] | None = None,
+_MISSING = ("", "nan", "na", "n/a", "null", "none")  # label cells that mean "no label", compared lower-cased
+
+
+def _label_value(x, i: int):
+    """One label as a plain Python str, int or bool; numpy/torch scalars and integer-valued floats accepted."""
+    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 0) == 0:
+        x = x.item()  # numpy or torch scalar (or a 0-d tensor/array)
+    if isinstance(x, bool | int | str):
+        if isinstance(x, str) and x.strip().lower() in _MISSING:
+            raise ValueError(f"label {i} is empty ({x!r}); drop or fill the rows without a label")
+        return x
+    if isinstance(x, float):
+        if math.isnan(x):
+            raise ValueError(f"label {i} is empty (NaN); drop or fill the rows without a label")
+        if x.is_integer():
+            return int(x)
+        raise ValueError(f"label {i} is {x!r}, not a class: labels must be class names or integer ids "
+                         "(round or bin continuous scores first)")
+    if x is None:
+        raise ValueError(f"label {i} is empty (None); drop or fill the rows without a label")
+    raise TypeError(f"label {i} is {type(x).__name__} ({x!r}); labels must be str, int or bool")
+
+
+def as_list(values, what: str) -> list:
+    """A list from a list, tuple, numpy array, torch tensor or pandas Series; a lone string is refused."""
+    if isinstance(values, str | bytes):
+        raise TypeError(f"{what} is a single string ({values[:30]!r}); pass a list, e.g. [{values[:30]!r}]")
+    if hasattr(values, "tolist"):
+        values = values.tolist()  # numpy array, torch tensor, pandas Series: plain Python values
+    try:
+        return list(values)
+    except TypeError as e:
+        raise TypeError(f"{what} must be a list (or array), got {type(values).__name__}") from e
+
+
+def from_lists(texts: Sequence[str], labels: Sequence, label_names: Sequence[str] | None = None,
                name: str = "user data") -> TextDataset:
-    """Your own data from Python lists; string labels are mapped to ids in sorted order."""
-    labels = list(labels)
+    """Your own data from Python lists (or numpy/torch/pandas): the distinct label values are the classes.
+
+    Without label_names the classes are the sorted distinct labels (string labels sort as text, integer or
+    bool labels by value: ratings 1..5 become ids 0..4 named "1".."5"). With label_names, labels are matched
+    to them by name (str(label)), or, when integers are not among the names, taken as ids 0..C-1.
+    """
+    texts = as_list(texts, "texts")
+    raw = as_list(labels, "labels")
+    if len(texts) != len(raw):
+        raise ValueError(f"{len(texts)} texts but {len(raw)} labels in {name!r}")
+    if not texts:
+        raise ValueError(f"dataset {name!r} is empty")
+    values = [_label_value(x, i) for i, x in enumerate(raw)]
+    kinds = {"str" if isinstance(v, str) else "bool" if isinstance(v, bool) else "int" for v in values}
+    if len(kinds) > 1:
+        raise TypeError(f"labels in {name!r} mix {' and '.join(sorted(kinds))} values; make them all class names "
+                        "or all integer ids")
     if label_names is None:
-        if labels and all(isinstance(x, str) for x in labels):
-            label_names = sorted(set(labels))
-        else:
-            ints = [x for x in labels if isinstance(x, int) and not isinstance(x, bool)]
-            label_names = [str(i) for i in range(max(ints, default=-1) + 1)] or ["0"]
-    label_names = tuple(str(x) for x in label_names)
-    if labels and all(isinstance(x, str) for x in labels):
-        unknown = sorted(set(labels) - set(label_names))
+        classes = sorted(set(values))
+        if len(classes) < 2:
+            raise ValueError(f"{name!r} has a single class ({classes[0]!r}) in all {len(values)} labels; a classifier "
+                             "needs at least 2: check the label column")
+        label_names = tuple(str(c) for c in classes)
+        ids = {c: i for i, c in enumerate(classes)}
+        return TextDataset(tuple(texts), tuple(ids[v] for v in values), label_names, name)
+    label_names = tuple(str(x) for x in as_list(label_names, "label_names"))
+    by_name = {n: i for i, n in enumerate(label_names)}
+    if kinds == {"str"} or all(str(v) in by_name for v in values):
+        unknown = sorted({str(v) for v in values} - set(by_name))
         if unknown:
             raise ValueError(f"labels {unknown[:5]} are not among label_names {list(label_names)}")
-        labels = [label_names.index(x) for x in labels]
-    return TextDataset(tuple(texts), tuple(labels), label_names, name)
+        return TextDataset(tuple(texts), tuple(by_name[str(v)] for v in values), label_names, name)
+    if kinds == {"bool"}:
+        values = [int(v) for v in values]
+    return TextDataset(tuple(texts), tuple(values), label_names, name)  # integer ids, checked by TextDataset
+
+
+ORANGE_TYPES = {"", "d", "discrete", "c", "continuous", "s", "string", "t", "time", "text"}
+ORANGE_FLAGS = {"", "class", "c", "meta", "m", "ignore", "i", "weight", "w"}
+
+
+def _is_orange_header(types: list[str], flags: list[str]) -> bool:
+    """Orange's .tab format puts a row of types and a row of flags under the column names."""
+    def is_type(cell: str) -> bool:
+        return cell.strip().lower() in ORANGE_TYPES or " " in cell.strip()  # a discrete type may list its values
+    def is_flag(cell: str) -> bool:
+        return all(part.lower() in ORANGE_FLAGS or "=" in part for part in cell.split())
+    return any(t.strip() for t in types) and all(map(is_type, types)) and all(map(is_flag, flags))
+
+
+def _decode_error(path: Path, encoding: str, error: UnicodeDecodeError) -> ValueError:
+    """Name the line of the first undecodable byte and the option that fixes it."""
+    raw = path.read_bytes()
+    where = ""
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        where = f" (byte 0x{raw[e.start]:02x} on line {line})"
+    return ValueError(f"{path} is not valid {encoding}{where}; pass the file's encoding: --encoding latin-1 "
+                      f"(or cp1252, ...) on the command line, from_csv(..., encoding='latin-1') in Python")
+
+
+def read_table(path: str | Path, encoding: str = "utf-8", delimiter: str | None = None) -> pd.DataFrame:
+    """A CSV/TSV file as strings (pandas; header row required): BOM dropped, Orange .tab type rows skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file {path}; check the path")
+    delimiter = delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        table = pd.read_csv(path, sep=delimiter, header=None, dtype=str, keep_default_na=False, encoding=codec,
+                            engine="c", skip_blank_lines=True)
+    except UnicodeDecodeError as e:
+        raise _decode_error(path, codec, e) from None
+    except LookupError as e:
+        raise ValueError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from e
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path} is empty; it needs a header row and data rows") from None
+    except pd.errors.ParserError as e:
+        raise ValueError(f"{path} could not be parsed: {str(e).strip()}; quote fields that contain the delimiter "
+                         f"{delimiter!r}") from None
+    header = [str(c).strip() for c in table.iloc[0]]
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated:
+        raise ValueError(f"{path} has duplicate column names {duplicated}; rename them so each column is unique")
+    rows = table.iloc[1:]
+    if path.suffix.lower() == ".tab" and len(rows) >= 2 and _is_orange_header(list(rows.iloc[0]), list(rows.iloc[1])):
+        rows = rows.iloc[2:]  # Orange's type and flag rows are not data
+    rows.columns = header
+    return rows.reset_index(drop=True)
+
+
+_INT = re.compile(r"[+-]?\d+(\.0*)?")
 
 
 def from_csv(path: str | Path, text_column: str = "text", label_column: str = "label",
-             label_names: Sequence[str] | None = None) -> TextDataset:
-    """Your own data from a CSV or TSV file (delimiter from the extension) with a header row."""
+             label_names: Sequence[str] | None = None, encoding: str = "utf-8") -> TextDataset:
+    """Your own data from a CSV or TSV file (delimiter from the extension) with a header row.
+
+    Label cells that are all integers (1, -1, 2.0) become int labels, others are class names; an empty label
+    cell is an error naming its line. Non-UTF-8 files need `encoding=` (e.g. "latin-1")."""
     path = Path(path)
-    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with path.open(newline="", encoding="utf-8", errors="replace") as f:
-        rows = list(csv.DictReader(f, delimiter=delimiter))
-    if not rows:
+    rows = read_table(path, encoding)
+    if rows.empty:
         raise ValueError(f"{path} has no data rows")
     for col in (text_column, label_column):
-        if col not in rows[0]:
-            raise KeyError(f"{path} has no column {col!r}; columns are {list(rows[0])}")
-    texts = [r[text_column] for r in rows]
-    numeric = all((r[label_column] or "").strip().lstrip("-").isdigit() for r in rows)
-    labels = [int(r[label_column]) if numeric else r[label_column] for r in rows]
-    return from_lists(texts, labels, label_names, name=path.name)
+        if col not in rows.columns:
+            raise KeyError(f"{path} has no column {col!r}; columns are {list(rows.columns)}")
+    cells = [c.strip() for c in rows[label_column]]
+    empty = [i for i, c in enumerate(cells) if c.lower() in _MISSING]
+    if empty:
+        raise ValueError(f"{path}: {len(empty)} rows have an empty {label_column!r} cell (first: data row "
+                         f"{empty[0] + 1}); drop or fill the rows without a label")
+    labels = [int(float(c)) for c in cells] if all(_INT.fullmatch(c) for c in cells) else cells
+    return from_lists(list(rows[text_column]), labels, label_names, name=path.name)
+
+
+def split_dataset(ds: TextDataset, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                  names: Sequence[str] | None = None) -> dict[str, TextDataset]:
+    """Stratified train/validation(/test) split of your data: 3 fractions -> train, validation, test; 2 ->
+    train, validation. Same seed, same split on every machine."""
+    fractions = tuple(fractions)
+    names = tuple(names) if names is not None else {3: ("train", "validation", "test"),
+                                                    2: ("train", "validation")}.get(len(fractions))
+    if names is None:
+        raise ValueError(f"give 2 fractions (train, validation) or 3 (train, validation, test), got {fractions}")
+    if not all(isinstance(f, int | float) and not isinstance(f, bool) for f in fractions):
+        raise TypeError(f"fractions must be numbers such as (0.8, 0.1, 0.1), got {fractions!r}")
+    parts = {k: [] for k in names}
+    for label in range(ds.num_labels):  # the sizes stratified_split will give, checked before it builds them
+        n = sum(1 for y in ds.labels if y == label)
+        bounds = [round(n * sum(fractions[:k])) for k in range(len(fractions) + 1)]
+        for k, part in enumerate(names):
+            parts[part].append(bounds[k + 1] - bounds[k])
+    if abs(sum(fractions) - 1) <= 1e-9 and min(fractions) > 0:
+        empty = [k for k, sizes in parts.items() if sum(sizes) == 0]
+        if empty:
+            raise ValueError(f"splitting {len(ds)} examples by {fractions} leaves {empty} empty; use more data or "
+                             "larger fractions for those parts")
+    return stratified_split(ds, fractions, names, seed)
 
 
 class Collator:
@@ -215,11 +359,39 @@ class _Indexed(torch.utils.data.Dataset):
         return (i, *self.ds[i])
 
 
+def max_positions(model=None, tokenizer=None) -> int | None:
+    """The longest input the model (position embeddings) and tokenizer (model_max_length) accept, if known."""
+    limits = []
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "max_position_embeddings", None):
+        offset = (getattr(config, "pad_token_id", None) or 0) + 1 if config.model_type in ("roberta", "xlm-roberta") else 0
+        limits.append(config.max_position_embeddings - offset)  # RoBERTa's positions start after its pad id
+    if tokenizer is not None and 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
+        limits.append(tokenizer.model_max_length)  # unset, it is a huge sentinel (int(1e30))
+    return min(limits) if limits else None
+
+
+def check_max_length(max_length: int, tokenizer=None, model=None) -> int:
+    """Refuse a max_length the model cannot take (before training, not as a crash inside the encoder)."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int):
+        raise TypeError(f"max_length must be an int number of tokens, got {max_length!r}")
+    special = tokenizer.num_special_tokens_to_add() if hasattr(tokenizer, "num_special_tokens_to_add") else 0
+    if max_length <= special:
+        raise ValueError(f"max_length={max_length} leaves no room for text after the {special} special tokens; "
+                         f"use max_length >= {special + 1} (64 fits most sentences)")
+    limit = max_positions(model, tokenizer)
+    if limit is not None and max_length > limit:
+        raise ValueError(f"max_length={max_length} exceeds the {limit} positions this model supports; "
+                         f"use max_length <= {limit}")
+    return max_length
+
+
 def make_loader(ds: TextDataset, tokenizer, batch_size: int = 32, max_length: int = 64,
                 shuffle: bool = False, seed: int = 0) -> DataLoader:
     """A DataLoader of tokenised, dynamically padded batches; shuffling is seeded."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    check_max_length(max_length, tokenizer)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(_Indexed(ds), batch_size=batch_size, shuffle=shuffle, generator=generator,
                       collate_fn=Collator(tokenizer, max_length))

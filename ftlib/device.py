@@ -12,9 +12,18 @@ import torch
 
 def get_device(name: str | None = None) -> torch.device:
     """cuda -> mps -> cpu, unless `name` or FTLIB_DEVICE says otherwise."""
-    name = name or os.environ.get("FTLIB_DEVICE")
-    if name:
-        return torch.device(name)
+    given = name or os.environ.get("FTLIB_DEVICE")
+    if given:
+        source = "device" if name else "FTLIB_DEVICE"
+        try:
+            device = torch.device(given)
+        except RuntimeError:
+            raise ValueError(f"{source}={given!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available() or device.type == "mps" and not (
+                getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise ValueError(f"{source}={given!r} but this machine has no {device.type.upper()} device "
+                             f"(torch {torch.__version__}); use cpu, or unset it to pick the best available")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

@@ -120,10 +120,17 @@ class SequenceClassifier(nn.Module):
         return self.head(self.features(input_ids, attention_mask, token_type_ids))  # (B, C)
 
 
-def build_classifier(name: str | None = None, num_labels: int = 2, pooling: str = "mean", **kwargs):
-    """(SequenceClassifier, tokenizer) in one call; kwargs go to load_encoder."""
+def build_classifier(name: str | None = None, num_labels: int | None = None, pooling: str = "mean", *,
+                     data=None, **kwargs):
+    """(SequenceClassifier, tokenizer) in one call; num_labels from `data` (a TextDataset or a dict of splits)
+    when given, else 2; kwargs go to load_encoder."""
+    if data is not None:
+        found = (data["train"] if isinstance(data, dict) else data).num_labels
+        if num_labels is not None and num_labels != found:
+            raise ValueError(f"num_labels={num_labels} but the data has {found} classes; pass one of them, not both")
+        num_labels = found
     encoder, tokenizer = load_encoder(name, **kwargs)
-    return SequenceClassifier(encoder, num_labels, pooling=pooling), tokenizer
+    return SequenceClassifier(encoder, 2 if num_labels is None else num_labels, pooling=pooling), tokenizer
 
 
 def base_encoder(model: nn.Module) -> nn.Module:

@@ -90,14 +90,18 @@ def model_inputs(batch: dict) -> dict:
 
 
 def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict[str, float]:
-    """Accuracy and macro-F1 (the mean of per-class F1, so a majority class cannot hide a weak one)."""
+    """Accuracy and macro-F1 (the mean of per-class F1, so a majority class cannot hide a weak one).
+
+    Macro-F1 averages over the classes present (in the labels or the predictions), as scikit-learn does:
+    a class that never occurs and is never predicted has no F1 to count."""
     f1s = []
     for c in range(num_labels):
         tp = ((preds == c) & (labels == c)).sum().item()
         fp = ((preds == c) & (labels != c)).sum().item()
         fn = ((preds != c) & (labels == c)).sum().item()
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return {"accuracy": (preds == labels).float().mean().item(), "macro_f1": sum(f1s) / num_labels}
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": (preds == labels).float().mean().item(), "macro_f1": sum(f1s) / max(len(f1s), 1)}
 
 
 @torch.no_grad()
