@@ -185,6 +185,7 @@ def load_user_splits(args) -> tuple[dict, dict]:
     full = from_csv(args.data, **read)
     given = {k: getattr(args, k) for k in ("validation", "test") if getattr(args, k) is not None}
     parts = ("train", *(k for k in ("validation", "test") if k not in given))
+    fractions = None
     if len(parts) == 1:
         if args.split is not None:
             raise ValueError("--split has nothing to split when both --validation and --test are given; drop it")
@@ -202,7 +203,7 @@ def load_user_splits(args) -> tuple[dict, dict]:
     files = {"train": args.data, **given}
     card = {"files": {k: {"path": str(p), "sha256": file_sha256(p)} for k, p in files.items()},
             "text_column": args.text_column, "label_column": args.label_column, "encoding": args.encoding,
-            "split": list(args.split or ()) or None, "seed": args.seed}
+            "split": dict(zip(parts, fractions, strict=True)) if fractions else None, "seed": args.seed}
     return {k: splits[k] for k in ("train", "validation", "test")}, card
 
 

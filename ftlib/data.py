@@ -204,7 +204,7 @@ def from_lists(texts: Sequence[str], labels: Sequence, label_names: Sequence[str
     values = [_label_value(x, i) for i, x in enumerate(raw)]
     kinds = {"str" if isinstance(v, str) else "bool" if isinstance(v, bool) else "int" for v in values}
     if len(kinds) > 1:
-        raise TypeError(f"labels in {name!r} mix {' and '.join(sorted(kinds))} values; make them all class names "
+        raise ValueError(f"labels in {name!r} mix {' and '.join(sorted(kinds))} values; make them all class names "
                         "or all integer ids")
     if label_names is None:
         classes = sorted(set(values))
