@@ -9,13 +9,15 @@ import subprocess
 import sys
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer
 
 from ftlib import data
-from ftlib.data import Collator, from_csv, from_lists, make_loader, take_stratified
+from ftlib.data import Collator, from_csv, from_lists, make_loader, split_dataset, take_stratified
 from ftlib.models import embedded_model_path
+from ftlib.train import classification_metrics
 
 SPLIT_SIZES = {"train": 8058, "validation": 1006, "test": 1008}
 # sha256 of "\n".join(split.texts), computed once: the splits may never change between runs or machines.
@@ -326,3 +328,205 @@ def test_loader_labels_match_dataset(tokenizer):
     batch = next(iter(make_loader(ds, tokenizer, batch_size=3, shuffle=True, seed=0)))
     assert batch["labels"].tolist() == [ds.labels[i] for i in batch["index"].tolist()]
     assert batch["labels"].dtype == torch.long
+
+
+# --- your own labels: the distinct values are the classes ------------------------------------------------
+
+
+LABEL_CASES = {  # case -> (labels, expected label_names, expected ids)
+    "gaps 0, 2, 5": ([0, 2, 5, 2], ("0", "2", "5"), (0, 1, 2, 1)),
+    "star ratings 1..5": ([1, 2, 3, 4, 5, 5], ("1", "2", "3", "4", "5"), (0, 1, 2, 3, 4, 4)),
+    "-1 / 1": ([-1, 1, 1, -1], ("-1", "1"), (0, 1, 1, 0)),
+    "bools": ([True, False, True], ("False", "True"), (1, 0, 1)),
+    "integer-valued floats": ([1.0, 0.0, 2.0], ("0", "1", "2"), (1, 0, 2)),
+    "numpy int64": (np.array([3, 7, 3]), ("3", "7"), (0, 1, 0)),
+    "numpy scalars in a list": ([np.int32(1), np.int64(0)], ("0", "1"), (1, 0)),
+    "numpy bools": (np.array([True, False]), ("False", "True"), (1, 0)),
+    "torch int tensor": (torch.tensor([2, 4, 2]), ("2", "4"), (0, 1, 0)),
+    "torch 0-d tensors": ([torch.tensor(1), torch.tensor(0)], ("0", "1"), (1, 0)),
+    "torch bool tensor": (torch.tensor([False, True]), ("False", "True"), (0, 1)),
+    "strings": (["pos", "neg", "pos"], ("neg", "pos"), (1, 0, 1)),
+}
+
+
+@pytest.mark.parametrize("case", list(LABEL_CASES))
+def test_distinct_label_values_are_the_classes(case):
+    labels, names, ids = LABEL_CASES[case]
+    ds = from_lists([f"text {i}" for i in range(len(labels))], labels)
+    assert ds.label_names == names and ds.labels == ids
+    assert all(type(y) is int for y in ds.labels)
+
+
+def test_label_names_match_by_value_or_id():
+    """With label_names, labels are matched by name; integers that are not names are ids 0..C-1."""
+    ratings = from_lists(["a", "b", "c"], [5, 1, 3], label_names=["1", "2", "3", "4", "5"])
+    assert ratings.labels == (4, 0, 2)  # by value: rating 5 is class "5", not id 5
+    ids = from_lists(["a", "b"], [1, 0], label_names=["neg", "pos"])
+    assert ids.labels == (1, 0)
+    flags = from_lists(["a", "b"], [True, False], label_names=["no", "yes"])
+    assert flags.labels == (1, 0)
+
+
+BAD_LABELS = {  # case -> (texts, labels, error type, message naming the fix)
+    "texts is one string": ("abc", [0, 1, 0], TypeError, r"texts is a single string \('abc'\); pass a list"),
+    "labels is one string": (["a", "b"], "ab", TypeError, r"labels is a single string .*pass a list"),
+    "one class": (["a", "b", "c"], [1, 1, 1], ValueError, r"single class \(1\) in all 3 labels.*at least 2: check"),
+    "empty cell (None)": (["a", "b"], [0, None], ValueError, r"label 1 is empty.*drop or fill the rows"),
+    "empty cell (NaN)": (["a", "b"], [0.0, float("nan")], ValueError, r"label 1 is empty \(NaN\).*drop or fill"),
+    "empty cell ('')": (["a", "b"], ["pos", ""], ValueError, r"label 1 is empty.*drop or fill"),
+    "fractional float": (["a", "b"], [0.5, 1.0], ValueError, r"label 0 is 0\.5, not a class.*round or bin"),
+    "mixed str and int": (["a", "b"], ["pos", 1], ValueError, r"mix int and str values; make them all"),
+    "unhashable label": (["a", "b"], [[0], [1]], TypeError, r"label 0 is list .*must be str, int or bool"),
+    "length mismatch": (["a", "b", "c"], [0, 1], ValueError, r"3 texts but 2 labels"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LABELS))
+def test_bad_labels_name_the_fix(case):
+    texts, labels, error, message = BAD_LABELS[case]
+    with pytest.raises(error, match=message):
+        from_lists(texts, labels)
+
+
+def test_macro_f1_of_perfect_ratings_is_one():
+    """Ratings 1..5 predicted perfectly: 5 classes, macro-F1 1.0 (it was 0.833 with an empty class 0)."""
+    ds = from_lists([f"t{i}" for i in range(10)], [1, 2, 3, 4, 5] * 2)
+    y = torch.tensor(ds.labels)
+    assert ds.num_labels == 5
+    assert classification_metrics(y, y, ds.num_labels) == {"accuracy": 1.0, "macro_f1": 1.0}
+    # a class absent from both labels and predictions (a small test split) does not count as F1 = 0
+    assert classification_metrics(torch.tensor([0, 2]), torch.tensor([0, 2]), 3)["macro_f1"] == 1.0
+
+
+# --- CSV files ---------------------------------------------------------------------------------------------
+
+
+def test_csv_ratings_become_classes_by_value(tmp_path):
+    path = tmp_path / "stars.csv"
+    path.write_text("text,stars\na,1\nb,5\nc,3\nd,5.0\n", encoding="utf-8")
+    ds = from_csv(path, label_column="stars")
+    assert ds.label_names == ("1", "3", "5") and ds.labels == (0, 2, 1, 2)
+
+
+def test_csv_utf8_bom(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufefftext,label\ncafé,pos\nnul,neg\n".encode())
+    ds = from_csv(path)  # the BOM is not part of the first column's name
+    assert ds.texts == ("café", "nul")
+
+
+def test_csv_other_encoding_with_the_option(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,label\ncafé crème,pos\nnul,neg\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"not valid utf-8-sig \(byte 0xe9 on line 2\); pass the file's encoding: "
+                                         r"--encoding latin-1 .*from_csv\(\.\.\., encoding='latin-1'\)"):
+        from_csv(path)
+    assert from_csv(path, encoding="latin-1").texts == ("café crème", "nul")  # not silently replaced
+    with pytest.raises(ValueError, match="unknown encoding 'klingon'; use a Python codec name"):
+        from_csv(path, encoding="klingon")
+
+
+def test_csv_very_long_field(tmp_path):
+    long = "word " * 60_000  # 300,000 characters: over the csv module's 131,072 field limit
+    path = tmp_path / "long.csv"
+    path.write_text(f'text,label\n"{long}",pos\nshort,neg\n', encoding="utf-8")
+    assert len(from_csv(path).texts[0]) == len(long)
+
+
+def test_orange_tab_type_rows_are_not_data(tmp_path):
+    path = tmp_path / "orange.tab"
+    path.write_text("text\tlabel\nstring\tdiscrete\nmeta\tclass\ngood film\tpos\nbad film\tneg\n", encoding="utf-8")
+    ds = from_csv(path)
+    assert ds.texts == ("good film", "bad film") and ds.label_names == ("neg", "pos")
+    plain = tmp_path / "plain.tab"
+    plain.write_text("text\tlabel\nstring\tpos\nmeta\tneg\n", encoding="utf-8")
+    assert from_csv(plain).texts == ("string", "meta")  # rows that are not Orange's type/flag rows stay data
+
+
+CSV_ERRORS = {  # case -> (file content, error type, message naming the fix)
+    "duplicate column names": ("text,label,text\na,0,b\nc,1,d\n", ValueError,
+                               r"duplicate column names \['text'\]; rename them"),
+    "single class": ("text,label\na,pos\nb,pos\n", ValueError, r"single class \('pos'\).*check the label column"),
+    "empty label cell": ("text,label\na,pos\nb,\nc,neg\n", ValueError,
+                         r"1 rows have an empty 'label' cell \(first: data row 2\); drop or fill"),
+    "NA label cell": ("text,label\na,1\nb,NA\nc,0\n", ValueError, r"empty 'label' cell.*drop or fill"),
+    "ragged row": ("text,label\na,pos\nb,neg,extra\n", ValueError, r"could not be parsed.*quote fields that contain"),
+    "no rows": ("text,label\n", ValueError, r"no data rows"),
+    "empty file": ("", ValueError, r"is empty; it needs a header row"),
+}
+
+
+@pytest.mark.parametrize("case", list(CSV_ERRORS))
+def test_csv_errors_name_the_fix(tmp_path, case):
+    content, error, message = CSV_ERRORS[case]
+    path = tmp_path / "bad.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(error, match=message):
+        from_csv(path)
+
+
+def test_csv_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no file .*nope\.csv; check the path"):
+        from_csv(tmp_path / "nope.csv")
+
+
+def test_csv_keeps_na_like_texts(tmp_path):
+    path = tmp_path / "na.csv"
+    path.write_text("text,label\nNA,pos\nnull,neg\n", encoding="utf-8")
+    assert from_csv(path).texts == ("NA", "null")  # text cells are text, never NaN
+
+
+# --- split_dataset -----------------------------------------------------------------------------------------
+
+
+def test_split_dataset_partitions_and_stratifies():
+    ds = from_lists([f"t{i}" for i in range(100)], ["a"] * 70 + ["b"] * 30)
+    parts = split_dataset(ds, (0.8, 0.1, 0.1), seed=0)
+    assert list(parts) == ["train", "validation", "test"]
+    assert {k: len(v) for k, v in parts.items()} == {"train": 80, "validation": 10, "test": 10}
+    assert sorted(t for v in parts.values() for t in v.texts) == sorted(ds.texts)
+    assert {k: v.counts() for k, v in parts.items()}["validation"] == {"a": 7, "b": 3}
+    assert split_dataset(ds, (0.8, 0.1, 0.1), seed=0) == parts  # same seed, same split
+    assert split_dataset(ds, (0.8, 0.1, 0.1), seed=1)["test"] != parts["test"]
+    two = split_dataset(ds, (0.9, 0.1))
+    assert list(two) == ["train", "validation"] and len(two["validation"]) == 10
+
+
+@pytest.mark.parametrize("fractions, message", [
+    ((0.5, 0.3, 0.1, 0.1), r"give 2 fractions \(train, validation\) or 3"),
+    ((0.8, 0.3, 0.1), r"must be positive, sum to 1"),
+    ((0.98, 0.01, 0.01), r"leaves \['validation', 'test'\] empty; use more data or larger fractions"),
+])
+def test_split_dataset_refuses_bad_fractions(fractions, message):
+    ds = from_lists([f"t{i}" for i in range(20)], [0, 1] * 10)
+    with pytest.raises(ValueError, match=message):
+        split_dataset(ds, fractions)
+
+
+# --- max_length --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_length, message", [
+    (0, r"max_length=0 leaves no room for text after the 2 special tokens; use max_length >= 3"),
+    (1, r"max_length=1 leaves no room .*use max_length >= 3"),
+    (513, r"max_length=513 exceeds the 512 positions this model supports; use max_length <= 512"),
+])
+def test_make_loader_refuses_max_length_the_model_cannot_take(tokenizer, max_length, message):
+    ds = from_lists(["a", "b"], [0, 1])
+    with pytest.raises(ValueError, match=message):
+        make_loader(ds, tokenizer, max_length=max_length)
+
+
+def test_max_length_checked_against_position_embeddings():
+    from conftest import make_model
+
+    from ftlib.data import check_max_length
+
+    model = make_model("bert")  # 64 position embeddings
+    assert check_max_length(64, None, model) == 64
+    with pytest.raises(ValueError, match="max_length=65 exceeds the 64 positions"):
+        check_max_length(65, None, model)
+    with pytest.raises(ValueError, match="exceeds the 62 positions"):  # RoBERTa's positions start after pad id 1
+        check_max_length(63, None, make_model("roberta"))
+    with pytest.raises(TypeError, match="max_length must be an int"):
+        check_max_length(64.0, None, model)
