@@ -36,8 +36,8 @@ def _positive(kind):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not 0 < value < float("inf"):
             raise argparse.ArgumentTypeError(f"must be > 0, got {text} (leave the option out for the default)")
         return value
     parse.__name__ = f"positive {kind.__name__}"

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import shlex
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from test_task import save_tiny_model, write_reviews
 
 from ftlib import cli, experiment
 from ftlib import compare as compare_module
 from ftlib.device import autocast, get_device, set_seed
 from ftlib.experiment import Result
 from ftlib.history import History
+from ftlib.predict import predict_texts
 from ftlib.profiles import PROFILES, get_profile
 from ftlib.strategies import STRATEGIES
+from ftlib.task import load_task, save_task
 
 
 @pytest.fixture(autouse=True)
@@ -185,3 +192,236 @@ def test_set_seed_repeats_random_draws():
     a = torch.rand(3)
     set_seed(3)
     assert torch.equal(torch.rand(3), a)
+
+
+# --- your own data: train -> predict end to end on a tiny model ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def one_line_error(capsys, argv) -> str:
+    """Run the CLI; it must exit 2 with exactly one 'error: ...' line and no traceback."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_train_on_a_csv_then_predict(tiny_dir, tmp_path, capsys):
+    data = write_reviews(tmp_path / "reviews.csv", n=80)
+    out = tmp_path / "runs" / "x"
+    argv = ["train", "--strategy", "lora", "--data", str(data), "--text-column", "text", "--label-column", "label",
+            "--model", str(tiny_dir), "--output", str(out), "--epochs", "2", "--device", "cpu", "--no-progress"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "train 64, validation 8, test 8" in printed
+    assert "classes (id: label value): 0: negative, 1: positive" in printed
+    epoch_lines = [ln for ln in printed.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split()[1] for ln in epoch_lines] == ["1/2", "2/2"]
+    assert all("train loss" in ln and "val loss" in ln and "macro-F1" in ln for ln in epoch_lines)
+    assert "test accuracy" in printed and "lr 0.001" in printed  # LoRA's recipe rate
+    card = json.loads((out / "task.json").read_text())
+    assert card["data"]["files"]["train"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert card["labels"] == {"names": ["negative", "positive"], "mapping": {"negative": 0, "positive": 1}}
+    assert card["strategy"]["name"] == "lora" and card["strategy"]["config"]["rank"] == 8
+    assert card["strategy"]["lr"] == 1e-3 and card["strategy"]["epochs"] == 2
+    assert card["data"]["sizes"] == {"train": 64, "validation": 8, "test": 8}
+    assert card["metrics"]["test_n"] == 8 and 0 <= card["metrics"]["test_accuracy"] <= 1
+    assert card["model"]["source"] == str(tiny_dir.resolve()) and card["weights"] == "lora.safetensors"
+    assert set(card["versions"]) == {"python", "torch", "transformers", "ftlib"}
+    assert sorted(p.name for p in out.iterdir()) == ["lora.safetensors", "task.json"]
+
+    texts = ["the movie was good", "a dull plot"]
+    assert cli.main(["predict", "--task", str(out), *texts, "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    task = load_task(out)
+    expected = predict_texts(task.model, task.tokenizer, texts)
+    assert lines == [f"{p.label}\t{p.probability:.3f}\t{p.text}" for p in expected]
+    (tmp_path / "texts.txt").write_text("the movie was good\n\na dull plot\n")
+    assert cli.main(["predict", "--task", str(out), "--file", str(tmp_path / "texts.txt"), "--json"]) == 0
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == texts and set(rows[0]["probabilities"]) == {"negative", "positive"}
+    assert cli.main(["predict", "--task", str(out), "--csv", str(data), "--text-column", "text"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 80
+    err = one_line_error(capsys, argv)  # the same --output again: refused before training
+    assert "already holds a trained task; choose another --output or pass --overwrite" in err
+
+
+def test_only_test_file_splits_validation_off_training(tiny_dir, tmp_path, capsys):
+    data = tmp_path / "stars.csv"
+    rows = [f"the movie {w},{s}" for s, w in [(1, "awful"), (3, "dull"), (5, "great")] for _ in range(20)]
+    data.write_text("text,stars\n" + "\n".join(rows) + "\n")
+    test = tmp_path / "test.csv"
+    test.write_text("text,stars\ngood,5\nbad,1\nmeh,3\ngreat,5\n")
+    argv = ["train", "--strategy", "full", "--data", str(data), "--label-column", "stars", "--test", str(test),
+            "--model", str(tiny_dir), "--output", str(tmp_path / "run"), "--epochs", "1", "--device", "cpu",
+            "--no-progress"]
+    assert cli.main(argv) == 0
+    assert "classes (id: label value): 0: 1, 1: 3, 2: 5" in capsys.readouterr().out  # ratings by value
+    card = json.loads((tmp_path / "run" / "task.json").read_text())
+    assert card["data"]["sizes"] == {"train": 54, "validation": 6, "test": 4}
+    assert card["data"]["split"] == {"train": 0.9, "validation": 0.1}
+    assert card["weights"] == "model.safetensors"
+    assert load_task(tmp_path / "run").label_names == ("1", "3", "5")
+
+
+# --- bad input on the command line: exit 2, one line naming the fix ------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--strategy", "lora", "--epochs", "0"], "argument --epochs: must be > 0, got 0"),
+    (["train", "--strategy", "lora", "--lr", "0"], "argument --lr: must be > 0, got 0"),
+    (["train", "--strategy", "lora", "--lr=-1e-3"], "argument --lr: must be > 0"),
+    (["train", "--strategy", "lora", "--lr", "nan"], "argument --lr: must be > 0"),
+    (["train", "--strategy", "lora", "--epochs", "1.5"], "argument --epochs: '1.5' is not an integer"),
+    (["train", "--strategy", "lora", "--max-train", "0"], "argument --max-train: must be > 0"),
+    (["train", "--strategy", "lora", "--split", "0.8,x"], "is not comma-separated numbers"),
+    (["compare", "--seeds", "0"], "argument --seeds: must be > 0"),
+])
+def test_zero_and_negative_options_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Any of these cases must fail before a model is built or trained."""
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the input was checked")
+
+    for name in ("run_strategy", "train_strategy"):
+        monkeypatch.setattr(experiment, name, no_work)
+    monkeypatch.setattr(compare_module, "compare", no_work)
+
+
+@pytest.mark.parametrize("strategies", ["", " , ,"])
+def test_empty_strategies(capsys, no_training, strategies):
+    err = one_line_error(capsys, ["compare", "--strategies", strategies, "--device", "cpu"])
+    assert "--strategies is empty; give comma-separated names from: full," in err
+
+
+@pytest.mark.parametrize("env, argv, message", [
+    ("cuda", [], "FTLIB_DEVICE='cuda' but this machine has no CUDA device"),
+    (None, ["--device", "cuda:0"], "device='cuda:0' but this machine has no CUDA device"),
+    (None, ["--device", "gpu"], "device='gpu' is not a device; use cpu, cuda, cuda:N or mps"),
+])
+def test_unknown_or_absent_device(capsys, monkeypatch, no_training, env, argv, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if env:
+        monkeypatch.setenv("FTLIB_DEVICE", env)
+    err = one_line_error(capsys, ["train", "--strategy", "lora", *argv])
+    assert message in err and "use cpu" in err
+
+
+def test_folder_without_a_model(capsys, tmp_path, no_training):
+    err = one_line_error(capsys, ["train", "--strategy", "lora", "--model", str(tmp_path), "--device", "cpu"])
+    assert f"--model {tmp_path} holds no config.json, so no model; pass a folder written by save_pretrained" in err
+
+
+def test_output_checked_before_training(capsys, tmp_path, no_training):
+    data = write_reviews(tmp_path / "reviews.csv")
+    (tmp_path / "taken").write_text("a file")
+    err = one_line_error(capsys, ["train", "--strategy", "lora", "--data", str(data), "--output",
+                                  str(tmp_path / "taken"), "--device", "cpu"])
+    assert "is a file, not a folder; choose a folder path" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--split", "0.5,0.5"], "--split needs 3 fractions here (train, validation, test), got 2: e.g. --split 0.8,0.1,0.1"),
+    (["--test", "{data}", "--split", "0.8,0.1,0.1"], "--split needs 2 fractions here (train, validation), got 3"),
+    (["--test", "{data}", "--validation", "{data}", "--split", "0.9,0.1"], "--split has nothing to split"),
+    (["--encoding", "ascii"], "is not valid ascii (byte 0xc3 on line 2); pass the file's encoding: --encoding"),
+    (["--label-column", "stars"], "has no column 'stars'; columns are ['text', 'label']"),
+])
+def test_data_option_errors(capsys, tmp_path, no_training, extra, message):
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\ncafé,pos\nbad,neg\n" * 20, encoding="utf-8")
+    argv = ["train", "--strategy", "lora", "--data", str(data), "--output", str(tmp_path / "o"), "--device", "cpu"]
+    err = one_line_error(capsys, argv + [x.format(data=data) for x in extra])
+    assert message in err
+
+
+def test_data_options_need_data(capsys, no_training):
+    err = one_line_error(capsys, ["train", "--strategy", "lora", "--test", "t.csv", "--device", "cpu"])
+    assert "--test needs --data (your own CSV)" in err
+
+
+def test_damaged_checkpoint_before_resume(capsys, tmp_path, no_training):
+    from conftest import make_model, rows_loader
+
+    from ftlib.full import apply_full
+    from ftlib.train import fit
+
+    fit(apply_full(make_model()), rows_loader(8), epochs=1, device="cpu", progress=False, checkpoint_dir=tmp_path)
+    model_file = tmp_path / "epoch-0001" / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:200])
+    err = one_line_error(capsys, ["train", "--strategy", "full", "--checkpoint-dir", str(tmp_path), "--resume",
+                                  "--device", "cpu"])
+    assert f"{model_file} is not a readable safetensors file" in err and "train without --resume" in err
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "task.json").write_text("{"), "task.json is not valid JSON"),
+    (lambda f: (f / "task.json").unlink(), "holds no task.json, so it is not a saved task"),
+    (lambda f: (f / "lora.safetensors").write_bytes(b"junk"), "lora.safetensors is not a readable safetensors"),
+])
+def test_predict_with_a_damaged_task(capsys, tiny_dir, tmp_path, damage, message):
+    from test_task import trained
+
+    model, _ = trained(tiny_dir, "lora")
+    save_task(tmp_path / "t", model, strategy="lora", label_names=["a", "b", "c"], model_name=str(tiny_dir))
+    damage(tmp_path / "t")
+    assert message in one_line_error(capsys, ["predict", "--task", str(tmp_path / "t"), "some text"])
+
+
+def test_predict_needs_one_source_of_texts(capsys, tmp_path):
+    err = one_line_error(capsys, ["predict", "--task", str(tmp_path)])
+    assert "give the texts one way: as arguments, with --file (one per line) or with --csv" in err
+    err = one_line_error(capsys, ["predict", "--task", str(tmp_path / "nope"), "hi"])
+    assert "no task folder" in err and "pass the --output folder" in err
+
+
+def test_help_says_what_profiles_mean(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    for p in PROFILES.values():
+        n = "all training examples" if p.max_train is None else f"{p.max_train:,} training examples"
+        assert f"{p.name:<6} {n}, {p.epochs} epoch" in out
+    assert "--data" in out and "ftlib predict --task" in out
+
+
+# --- the README's "Your own data" section runs as written (on the tiny model) ----------------------------
+
+
+def readme_blocks(language: str) -> list[str]:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("## Your own data", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_own_data_runs(tiny_dir, tmp_path, monkeypatch, capsys):
+    from ftlib import models
+
+    load = models.load_encoder
+    monkeypatch.setattr(models, "load_encoder", lambda name=None, **kw: load(str(tiny_dir) if name is None else name))
+    monkeypatch.chdir(tmp_path)
+    write_reviews(tmp_path / "reviews.csv")
+    (commands,) = readme_blocks("bash")
+    lines = [ln for ln in commands.splitlines() if ln.strip()]
+    assert len(lines) == 2 and all(ln.startswith("python -m ftlib ") for ln in lines)
+    for line in lines:
+        assert cli.main(shlex.split(line)[3:]) == 0, capsys.readouterr().err
+    assert (tmp_path / "runs" / "reviews" / "task.json").is_file()
+    assert len(capsys.readouterr().out.splitlines()[-2:]) == 2  # one line per text
+    (code,) = readme_blocks("python")
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "{0: 'negative', 1: 'positive'}"
+    assert all(ln.split()[0] in ("negative", "positive") for ln in out[-2:])
+    assert (tmp_path / "runs" / "reviews-py" / "lora.safetensors").is_file()
