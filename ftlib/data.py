@@ -239,12 +239,12 @@ def _is_orange_header(types: list[str], flags: list[str]) -> bool:
     return any(t.strip() for t in types) and all(map(is_type, types)) and all(map(is_flag, flags))
 
 
-def _decode_error(path: Path, encoding: str, error: UnicodeDecodeError) -> ValueError:
+def _decode_error(path: Path, encoding: str, codec: str) -> ValueError:
     """Name the line of the first undecodable byte and the option that fixes it."""
     raw = path.read_bytes()
     where = ""
     try:
-        raw.decode(encoding)
+        raw.decode(codec)
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         where = f" (byte 0x{raw[e.start]:02x} on line {line})"
@@ -262,8 +262,8 @@ def read_table(path: str | Path, encoding: str = "utf-8", delimiter: str | None 
     try:
         table = pd.read_csv(path, sep=delimiter, header=None, dtype=str, keep_default_na=False, encoding=codec,
                             engine="c", skip_blank_lines=True)
-    except UnicodeDecodeError as e:
-        raise _decode_error(path, codec, e) from None
+    except UnicodeDecodeError:
+        raise _decode_error(path, encoding, codec) from None
     except LookupError as e:
         raise ValueError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from e
     except pd.errors.EmptyDataError:
@@ -301,7 +301,7 @@ def from_csv(path: str | Path, text_column: str = "text", label_column: str = "l
     cells = [c.strip() for c in rows[label_column]]
     empty = [i for i, c in enumerate(cells) if c.lower() in _MISSING]
     if empty:
-        raise ValueError(f"{path}: {len(empty)} rows have an empty {label_column!r} cell (first: data row "
+        raise ValueError(f"{path}: {len(empty)} row(s) with an empty {label_column!r} cell (first: data row "
                          f"{empty[0] + 1}); drop or fill the rows without a label")
     labels = [int(float(c)) for c in cells] if all(_INT.fullmatch(c) for c in cells) else cells
     return from_lists(list(rows[text_column]), labels, label_names, name=path.name)

@@ -418,7 +418,7 @@ def test_csv_utf8_bom(tmp_path):
 def test_csv_other_encoding_with_the_option(tmp_path):
     path = tmp_path / "latin.csv"
     path.write_bytes("text,label\ncafé crème,pos\nnul,neg\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"not valid utf-8-sig \(byte 0xe9 on line 2\); pass the file's encoding: "
+    with pytest.raises(ValueError, match=r"not valid utf-8 \(byte 0xe9 on line 2\); pass the file's encoding: "
                                          r"--encoding latin-1 .*from_csv\(\.\.\., encoding='latin-1'\)"):
         from_csv(path)
     assert from_csv(path, encoding="latin-1").texts == ("café crème", "nul")  # not silently replaced
@@ -448,7 +448,7 @@ CSV_ERRORS = {  # case -> (file content, error type, message naming the fix)
                                r"duplicate column names \['text'\]; rename them"),
     "single class": ("text,label\na,pos\nb,pos\n", ValueError, r"single class \('pos'\).*check the label column"),
     "empty label cell": ("text,label\na,pos\nb,\nc,neg\n", ValueError,
-                         r"1 rows have an empty 'label' cell \(first: data row 2\); drop or fill"),
+                         r"1 row\(s\) with an empty 'label' cell \(first: data row 2\); drop or fill"),
     "NA label cell": ("text,label\na,1\nb,NA\nc,0\n", ValueError, r"empty 'label' cell.*drop or fill"),
     "ragged row": ("text,label\na,pos\nb,neg,extra\n", ValueError, r"could not be parsed.*quote fields that contain"),
     "no rows": ("text,label\n", ValueError, r"no data rows"),
