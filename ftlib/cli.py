@@ -20,13 +20,18 @@ your own data (a CSV with a header row):
 """
 
 
+PURPOSE = {"quick": "for a CPU: about a minute per strategy on 2 cores", "full": "for a GPU: the real thing",
+           "smoke": "for CI: proves everything runs, says nothing about accuracy"}
+
+
 def _profile_help() -> str:
     """What each profile means, read from the profiles themselves (so a new one shows up here)."""
     lines = ["profiles (--profile, or FTLIB_PROFILE; default: full on CUDA, else quick):"]
     for p in PROFILES.values():
         train = "all training examples" if p.max_train is None else f"{p.max_train:,} training examples"
+        purpose = f" ({PURPOSE[p.name]})" if p.name in PURPOSE else ""
         lines.append(f"  {p.name:<6} {train}, {p.epochs} epoch{'s' * (p.epochs != 1)}, max_length {p.max_length}, "
-                     f"batch {p.batch_size}")
+                     f"batch {p.batch_size}{purpose}")
     lines.append("  (with --data, every training example is used unless --max-train; the profile sets the rest)")
     return "\n".join(lines)
 
@@ -84,7 +89,7 @@ def parser(prog: str = "ftlib") -> argparse.ArgumentParser:
                         "train,validation with only --test, train,test with only --validation")
     d.add_argument("--validation", type=Path, default=None, help="a separate validation file")
     d.add_argument("--test", type=Path, default=None, help="a separate test file")
-    d.add_argument("--max-train", type=_positive(int), default=None, help="keep a class-balanced subset of N")
+    d.add_argument("--max-train", type=_positive(int), default=None, metavar="N", help="keep a class-balanced subset of N")
     d.add_argument("--max-length", type=_positive(int), default=None, help="tokens per text (default: the profile's)")
     d.add_argument("--overwrite", action="store_true", help="replace a task already in --output")
     d.add_argument("--no-save", action="store_true", help="do not save the trained task")

@@ -97,6 +97,17 @@ def test_small_formats_hold_only_what_trained(tiny_dir, tmp_path):
     assert settings == {"rank": 8, "alpha": 16, "dropout": 0.0, "targets": ["query", "value"]}
 
 
+def test_build_classifier_takes_num_labels_from_the_data(tiny_dir):
+    from ftlib.data import from_lists, split_dataset
+
+    ds = from_lists([f"t{i}" for i in range(30)], [1, 3, 5] * 10)
+    assert build_classifier(str(tiny_dir), data=ds)[0].num_labels == 3
+    assert build_classifier(str(tiny_dir), data=split_dataset(ds, (0.8, 0.1, 0.1)))[0].num_labels == 3
+    assert build_classifier(str(tiny_dir))[0].num_labels == 2  # the default without data is unchanged
+    with pytest.raises(ValueError, match="num_labels=2 but the data has 3 classes; pass one of them, not both"):
+        build_classifier(str(tiny_dir), num_labels=2, data=ds)
+
+
 def test_save_refuses_wrong_label_count(tiny_dir, tmp_path):
     model, _ = trained(tiny_dir, "lora")
     with pytest.raises(ValueError, match="2 label_names for a 3-class model; one per class"):
