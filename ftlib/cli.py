@@ -242,7 +242,7 @@ def _train_file(args, kwargs) -> None:
     metrics = {"val_accuracy": r.val_accuracy, "val_macro_f1": run.history.best("val_macro_f1"),
                "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"], "test_loss": test["loss"],
                "test_n": test["n"], "best_epoch": run.history.best_epoch, "train_seconds": r.train_seconds}
-    print(f"\nresult: {r.strategy} on {r.device}, profile {r.profile}, lr {run.lr:g}, {run.epochs} epochs, "
+    print(f"\nresult: {r.strategy} on {r.device}, profile {r.profile}, lr {run.lr:g}, {run.epochs} epoch{'s' * (run.epochs != 1)}, "
           f"max_length {run.max_length}")
     print(f"  trained {r.trainable:,} of {r.total:,} parameters ({r.trainable_percent:.3f}%) in {r.train_seconds:.1f} s")
     print(f"  validation accuracy {r.val_accuracy:.4f} (best epoch {run.history.best_epoch})")

@@ -193,7 +193,7 @@ def from_lists(texts: Sequence[str], labels: Sequence, label_names: Sequence[str
 
     Without label_names the classes are the sorted distinct labels (string labels sort as text, integer or
     bool labels by value: ratings 1..5 become ids 0..4 named "1".."5"). With label_names, labels are matched
-    to them by name (str(label)), or, when integers are not among the names, taken as ids 0..C-1.
+    to them by name (str(label)), or, when no integer label is among the names, taken as ids 0..C-1.
     """
     texts = as_list(texts, "texts")
     raw = as_list(labels, "labels")
@@ -216,10 +216,11 @@ def from_lists(texts: Sequence[str], labels: Sequence, label_names: Sequence[str
         return TextDataset(tuple(texts), tuple(ids[v] for v in values), label_names, name)
     label_names = tuple(str(x) for x in as_list(label_names, "label_names"))
     by_name = {n: i for i, n in enumerate(label_names)}
-    if kinds == {"str"} or all(str(v) in by_name for v in values):
+    if kinds == {"str"} or any(str(v) in by_name for v in values):  # by value; integers none of which is a name: ids
         unknown = sorted({str(v) for v in values} - set(by_name))
         if unknown:
-            raise ValueError(f"labels {unknown[:5]} are not among label_names {list(label_names)}")
+            raise ValueError(f"labels {unknown[:5]} are not among label_names {list(label_names)} in {name!r}; "
+                             "fix those labels, or train on data that has these classes too")
         return TextDataset(tuple(texts), tuple(by_name[str(v)] for v in values), label_names, name)
     if kinds == {"bool"}:
         values = [int(v) for v in values]

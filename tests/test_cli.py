@@ -266,6 +266,15 @@ def test_only_test_file_splits_validation_off_training(tiny_dir, tmp_path, capsy
     assert card["data"]["split"] == {"train": 0.9, "validation": 0.1}
     assert card["weights"] == "model.safetensors"
     assert load_task(tmp_path / "run").label_names == ("1", "3", "5")
+    both = argv[:-7] + ["--validation", str(test), "--output", str(tmp_path / "both"), "--epochs", "1",
+                        "--device", "cpu", "--no-progress"]
+    assert cli.main(both) == 0
+    card = json.loads((tmp_path / "both" / "task.json").read_text())
+    assert card["data"]["sizes"] == {"train": 60, "validation": 4, "test": 4} and card["data"]["split"] is None
+    assert set(card["data"]["files"]) == {"train", "validation", "test"}
+    test.write_text("text,stars\ngood,5\nbad,2\n")  # a class the training data lacks
+    err = one_line_error(capsys, both[:-7] + ["--output", str(tmp_path / "o3"), "--device", "cpu"])
+    assert "labels ['2'] are not among label_names ['1', '3', '5'] in 'test.csv'; fix those labels" in err
 
 
 # --- bad input on the command line: exit 2, one line naming the fix ------------------------------------
