@@ -126,11 +126,11 @@ def _check_model_folder(model: str | None) -> None:
 
 def _train_course(args, kwargs) -> None:
     from .experiment import run_strategy
+    from .task import check_checkpoint, writable_folder
     from .train import end_distributed
 
+    output = writable_folder(args.output or Path("results"))  # before training, not after it
     if args.resume and args.checkpoint_dir is not None:
-        from .task import check_checkpoint
-
         check_checkpoint(args.checkpoint_dir)
     try:
         model, history, result = run_strategy(args.strategy, lr=args.lr, epochs=args.epochs, seed=args.seed,
@@ -142,8 +142,6 @@ def _train_course(args, kwargs) -> None:
         return
     for key, value in asdict(result).items():
         print(f"{key:>18}: {value:,.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
-    output = args.output or Path("results")
-    output.mkdir(parents=True, exist_ok=True)
     (output / f"train_{args.strategy}.json").write_text(json.dumps(asdict(result), indent=1))
     history.to_json(output / f"history_{args.strategy}.json")
     print(f"\nwritten: {output}/train_{args.strategy}.json, history_{args.strategy}.json")
@@ -242,7 +240,8 @@ def _train_file(args, kwargs) -> None:
     metrics = {"val_accuracy": r.val_accuracy, "val_macro_f1": run.history.best("val_macro_f1"),
                "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"], "test_loss": test["loss"],
                "test_n": test["n"], "best_epoch": run.history.best_epoch, "train_seconds": r.train_seconds}
-    print(f"\nresult: {r.strategy} on {r.device}, profile {r.profile}, lr {run.lr:g}, {run.epochs} epoch{'s' * (run.epochs != 1)}, "
+    epochs = f"{run.epochs} epoch{'s' * (run.epochs != 1)}"
+    print(f"\nresult: {r.strategy} on {r.device}, profile {r.profile}, lr {run.lr:g}, {epochs}, "
           f"max_length {run.max_length}")
     print(f"  trained {r.trainable:,} of {r.total:,} parameters ({r.trainable_percent:.3f}%) in {r.train_seconds:.1f} s")
     print(f"  validation accuracy {r.val_accuracy:.4f} (best epoch {run.history.best_epoch})")
@@ -302,7 +301,9 @@ def _compare(args, kwargs) -> None:
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if not names:
         raise ValueError(f"--strategies is empty; give comma-separated names from: {', '.join(STRATEGIES)}")
-    output = args.output or Path("results")
+    from .task import writable_folder
+
+    output = writable_folder(args.output or Path("results"))  # before training, not after it
     df = compare(names, seeds=args.seeds, output=output, **kwargs)
     r = df.iloc[0]
     print(f"\nprofile {r['profile']} on {r['device']}, seeds {args.seeds}; "

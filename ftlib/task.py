@@ -55,10 +55,16 @@ def versions() -> dict[str, str]:
 def prepare_output(folder: str | Path, overwrite: bool = False) -> Path:
     """Check (before any training) that a task can be written to `folder`."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--output {folder} is a file, not a folder; choose a folder path")
     if (folder / CARD).exists() and not overwrite:
         raise ValueError(f"{folder} already holds a trained task; choose another --output or pass --overwrite")
+    return writable_folder(folder)
+
+
+def writable_folder(folder: str | Path) -> Path:
+    """Create `folder` if needed and prove it can be written to, or say which --output to choose."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--output {folder} is a file, not a folder; choose a folder path")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".ftlib-write-test"

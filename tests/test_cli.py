@@ -332,12 +332,14 @@ def test_folder_without_a_model(capsys, tmp_path, no_training):
     assert f"--model {tmp_path} holds no config.json, so no model; pass a folder written by save_pretrained" in err
 
 
-def test_output_checked_before_training(capsys, tmp_path, no_training):
+@pytest.mark.parametrize("argv", [["train", "--strategy", "lora", "--data", "{data}"], ["train", "--strategy", "lora"],
+                                  ["compare", "--strategies", "lora"]], ids=["own data", "course data", "compare"])
+def test_output_checked_before_training(capsys, tmp_path, no_training, argv):
     data = write_reviews(tmp_path / "reviews.csv")
     (tmp_path / "taken").write_text("a file")
-    err = one_line_error(capsys, ["train", "--strategy", "lora", "--data", str(data), "--output",
-                                  str(tmp_path / "taken"), "--device", "cpu"])
-    assert "is a file, not a folder; choose a folder path" in err
+    err = one_line_error(capsys, [a.format(data=data) for a in argv] + ["--output", str(tmp_path / "taken"),
+                                                                        "--device", "cpu"])
+    assert f"--output {tmp_path / 'taken'} is a file, not a folder; choose a folder path" in err
 
 
 @pytest.mark.parametrize("extra, message", [
