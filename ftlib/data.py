@@ -152,7 +152,7 @@ def load_trec() -> TextDataset:
     return TextDataset(texts, tuple(names.index(c) for c in coarse), names, "trec6")
 
 
-_MISSING = ("", "nan", "na", "n/a", "null", "none")  # label cells that mean "no label", compared lower-cased
+CSV_MISSING = ("", "NA", "N/A", "NaN", "nan", "null", "NULL")  # CSV label cells that mean "no label" (pandas' markers)
 
 
 def _label_value(x, i: int):
@@ -160,7 +160,7 @@ def _label_value(x, i: int):
     if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 0) == 0:
         x = x.item()  # numpy or torch scalar (or a 0-d tensor/array)
     if isinstance(x, bool | int | str):
-        if isinstance(x, str) and x.strip().lower() in _MISSING:
+        if isinstance(x, str) and not x.strip():
             raise ValueError(f"label {i} is empty ({x!r}); drop or fill the rows without a label")
         return x
     if isinstance(x, float):
@@ -300,7 +300,7 @@ def from_csv(path: str | Path, text_column: str = "text", label_column: str = "l
         if col not in rows.columns:
             raise KeyError(f"{path} has no column {col!r}; columns are {list(rows.columns)}")
     cells = [c.strip() for c in rows[label_column]]
-    empty = [i for i, c in enumerate(cells) if c.lower() in _MISSING]
+    empty = [i for i, c in enumerate(cells) if c in CSV_MISSING]
     if empty:
         raise ValueError(f"{path}: {len(empty)} row(s) with an empty {label_column!r} cell (first: data row "
                          f"{empty[0] + 1}); drop or fill the rows without a label")

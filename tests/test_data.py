@@ -346,6 +346,7 @@ LABEL_CASES = {  # case -> (labels, expected label_names, expected ids)
     "torch 0-d tensors": ([torch.tensor(1), torch.tensor(0)], ("0", "1"), (1, 0)),
     "torch bool tensor": (torch.tensor([False, True]), ("False", "True"), (0, 1)),
     "strings": (["pos", "neg", "pos"], ("neg", "pos"), (1, 0, 1)),
+    "a class named none": (["none", "pos", "neg"], ("neg", "none", "pos"), (1, 2, 0)),
 }
 
 
