@@ -20,13 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import device as device_module
 from .batches import MODEL_INPUTS, first_batch, model_inputs, move, progress_bar
 from .callbacks import Callback, TrainState, call
 from .checkpoint import peak_lr as checkpoint_lr
 from .checkpoint import read_meta
 from .checkpointing import Checkpointing
-from .device import autocast, get_device, set_seed
+from .device import autocast, get_device, grad_scaler, set_seed
 from .early_stopping import METRICS, EarlyStopping
 from .feature_cache import FeatureCache, encode_all, uses_feature_cache
 from .history import History
@@ -282,7 +281,7 @@ def fit(
     state = TrainState(model, optimizer, scheduler, History(), epochs=epochs, total_steps=total,
                        grad_accum=grad_accum, device=device, train_loader=train_loader, generators=generators,
                        callbacks=callbacks, accelerator=accelerator if distributed else None,
-                       scaler=device_module.grad_scaler(device))
+                       scaler=grad_scaler(device))
     first = checkpointing.restore(state) + 1 if resume else 1
     call(callbacks, "on_train_begin", state)
     for epoch in range(first, epochs + 1):
