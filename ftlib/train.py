@@ -3,7 +3,7 @@
 Everything else is a callback with its own file: early stopping that restores the best weights
 (ftlib.early_stopping), crash-safe checkpoints (ftlib.checkpointing), the feature cache of a frozen
 encoder (ftlib.feature_cache), gradual unfreezing. Groups and schedules come from ftlib.optim.
-Evaluation (predict/evaluate) lives here too: fit calls it after every epoch.
+Evaluation (ftlib.evaluation) runs after every epoch; ftlib.distributed starts and ends DDP runs.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +25,9 @@ from .checkpoint import peak_lr as checkpoint_lr
 from .checkpoint import read_meta
 from .checkpointing import Checkpointing
 from .device import autocast, get_device, grad_scaler, set_seed
+from .distributed import end_distributed, launched_accelerator
 from .early_stopping import METRICS, EarlyStopping
+from .evaluation import classification_metrics, evaluate, predict
 from .feature_cache import FeatureCache, encode_all, uses_feature_cache
 from .history import History
 from .optim import NO_DECAY, head_lr, linear_warmup_decay, param_groups
@@ -37,69 +38,6 @@ __all__ = [  # names other modules and notebooks import from here (several now l
     "end_distributed", "evaluate", "fit", "launched_accelerator", "linear_warmup_decay", "model_inputs", "move",
     "param_groups", "predict", "progress_bar", "uses_feature_cache",
 ]
-
-
-def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict[str, float]:
-    """Accuracy and macro-F1 (the mean of per-class F1, so a majority class cannot hide a weak one)."""
-    f1s = []
-    for c in range(num_labels):
-        tp = ((preds == c) & (labels == c)).sum().item()
-        fp = ((preds == c) & (labels != c)).sum().item()
-        fn = ((preds != c) & (labels == c)).sum().item()
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return {"accuracy": (preds == labels).float().mean().item(), "macro_f1": sum(f1s) / num_labels}
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device | None = None, progress: bool = False, accelerator=None):
-    """(logits (N, C), labels (N,)) over a loader, in eval mode (no dropout), restoring the mode after.
-
-    Under DDP each process sees a shard; gather_for_metrics collects every example exactly once (the
-    sampler pads the last shard with repeats, which it drops)."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    logits, labels = [], []
-    for batch in progress_bar(loader, desc="eval", progress=progress):
-        batch = move(batch, device)
-        with autocast(device):
-            out = model(**model_inputs(batch)).float()  # (B, C)
-        target = batch["labels"]
-        if accelerator is not None:
-            out, target = accelerator.gather_for_metrics((out, target))
-        logits.append(out)
-        labels.append(target)
-    model.train(was_training)
-    return torch.cat(logits), torch.cat(labels)
-
-
-def evaluate(model: nn.Module, loader, device: torch.device | None = None, progress: bool = False,
-             accelerator=None) -> dict:
-    """loss, accuracy, macro_f1 and n over a whole loader."""
-    logits, labels = predict(model, loader, device, progress, accelerator)
-    out = classification_metrics(logits.argmax(-1), labels, logits.shape[-1])
-    return {"loss": F.cross_entropy(logits, labels).item(), **out, "n": len(labels)}
-
-
-def launched_accelerator():
-    """An Accelerator when started by `accelerate launch` or torchrun with several processes, else None.
-
-    Without CUDA it asks for CPU processes explicitly, which makes them talk over gloo."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import Accelerator
-
-        return Accelerator(cpu=not torch.cuda.is_available())
-    return None
-
-
-def end_distributed(accelerator=None) -> None:
-    """Destroy the process group before exit: gloo's threads left running at exit abort the process (SIGABRT).
-
-    Given the run's Accelerator, its end_training() does it (and closes its trackers)."""
-    if accelerator is not None:
-        accelerator.end_training()
-    elif torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 # --- checks before anything trains ------------------------------------------------------------------------
@@ -159,8 +97,31 @@ def _peak_lr(model: nn.Module, lr, resume_from: Path | None) -> float:
                      "fine-tuning, or apply a strategy so fit uses its recipe rate")
 
 
-def _trainable(groups) -> bool:
-    return any(p.requires_grad for g in groups for p in (g["params"] if isinstance(g, dict) else [g]))
+def _adamw(model: nn.Module, groups, weight_decay: float, lr, resume_from: Path | None) -> torch.optim.AdamW:
+    """AdamW over the given groups (default: ftlib.optim.param_groups), refused when nothing in them trains."""
+    groups = list(groups) if groups is not None else param_groups(model, weight_decay)
+    for g in groups:  # the caller's dicts, as AdamW keeps them (it adds initial_lr to them)
+        if isinstance(g, dict) and not isinstance(g["params"], list | tuple):
+            g["params"] = list(g["params"])  # a generator would be spent by the check below
+    if not any(p.requires_grad for g in groups for p in (g["params"] if isinstance(g, dict) else [g])):
+        raise ValueError("no parameter in the optimizer requires grad: apply a strategy first")
+    return torch.optim.AdamW(groups, lr=_peak_lr(model, lr, resume_from))
+
+
+def _check_arguments(model, train_loader, val_loader, epochs, grad_accum, metric, resume, checkpoint_dir) -> int:
+    """Every bad argument refused before anything changes; returns epochs as an int."""
+    epochs = _check_epochs(epochs)
+    if not isinstance(grad_accum, int) or grad_accum < 1:
+        raise ValueError(f"grad_accum must be a positive int, got {grad_accum!r}")
+    if len(train_loader.dataset) == 0:
+        raise ValueError("the training set is empty")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+    _check_loader(train_loader, "train", getattr(model, "num_labels", None))
+    _check_loader(val_loader, "validation", getattr(model, "num_labels", None))
+    return epochs
 
 
 # --- the loop ------------------------------------------------------------------------------------------------
@@ -237,36 +198,19 @@ def fit(
     the model is wrapped in DDP, each process sees its shard, and evaluation gathers every example once.
     With `checkpoint_dir`, a checkpoint is written after every epoch; `resume=True` continues from it.
     """
-    epochs = _check_epochs(epochs)
-    if not isinstance(grad_accum, int) or grad_accum < 1:
-        raise ValueError(f"grad_accum must be a positive int, got {grad_accum!r}")
-    if len(train_loader.dataset) == 0:
-        raise ValueError("the training set is empty")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir")
-    _check_loader(train_loader, "train", getattr(model, "num_labels", None))
-    _check_loader(val_loader, "validation", getattr(model, "num_labels", None))
+    epochs = _check_arguments(model, train_loader, val_loader, epochs, grad_accum, metric, resume, checkpoint_dir)
     accelerator = accelerator or launched_accelerator()
     distributed = accelerator is not None and accelerator.num_processes > 1
     device = accelerator.device if accelerator else torch.device(device) if device is not None else get_device()
     set_seed(seed + (accelerator.process_index if distributed else 0))  # each process its own dropout stream
     model.to(device).train()
-    groups = list(groups) if groups is not None else param_groups(model, weight_decay)
-    for g in groups:  # the caller's dicts, as AdamW keeps them (it adds initial_lr to them)
-        if isinstance(g, dict) and not isinstance(g["params"], list | tuple):
-            g["params"] = list(g["params"])  # a generator would be spent by the check below
-    if not _trainable(groups):
-        raise ValueError("no parameter in the optimizer requires grad: apply a strategy first")
-    optimizer = torch.optim.AdamW(groups, lr=_peak_lr(model, lr, Path(checkpoint_dir) if resume else None))
+    optimizer = _adamw(model, groups, weight_decay, lr, Path(checkpoint_dir) if resume else None)
     net = model
-    if distributed:
+    if distributed:  # DDP: gradients are averaged across processes in backward; each process sees a shard
         if any(getattr(cb, "changes_trainable", False) for cb in callbacks):
             raise ValueError("callbacks that change which tensors train (gradual unfreezing) cannot run under DDP: "
                              "DDP fixes the set of synchronised tensors when it wraps the model")
-        net = accelerator.prepare_model(model)  # DDP: gradients are averaged across processes in backward
-        train_loader = accelerator.prepare_data_loader(train_loader)
+        net, train_loader = accelerator.prepare_model(model), accelerator.prepare_data_loader(train_loader)
         val_loader = accelerator.prepare_data_loader(val_loader) if val_loader is not None else None
     total = epochs * math.ceil(len(train_loader) / grad_accum)  # optimizer steps this process takes
     schedule = schedule or linear_warmup_decay()
