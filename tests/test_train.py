@@ -672,3 +672,21 @@ def test_a_grad_scaler_changes_nothing_but_the_backward_scale(monkeypatch):
     assert scaled[0] == pytest.approx(plain[0] * 2.0**16, rel=1e-5)  # backward ran on the scaled loss
     for name, t in a.items():
         torch.testing.assert_close(b[name], t, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(lr=0), ValueError, r"lr must be a positive number, got 0: e\.g\. lr=5e-05"),
+    (dict(lr=-1e-3), ValueError, "lr must be a positive number"),
+    (dict(lr=True), ValueError, "lr must be a positive number"),
+    (dict(lr=1e-3, patience=0), ValueError, "patience must be None .* or a positive int, got 0"),
+])
+def test_bad_rates_and_patience_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fit(make_model(), rows_loader(8), rows_loader(4), epochs=1, device="cpu", progress=False, **kwargs)
+
+
+def test_batches_that_are_not_dicts_are_refused_naming_make_loader():
+    rows = Rows(8)
+    tuples = DataLoader(torch.utils.data.TensorDataset(rows.ids, rows.mask, rows.labels), batch_size=4)
+    with pytest.raises(TypeError, match=r"the train loader's batches must be dicts .*got list: .*make_loader"):
+        fit(make_model(), tuples, epochs=1, lr=1e-3, device="cpu", progress=False)
