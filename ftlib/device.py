@@ -31,12 +31,33 @@ def get_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device | str):
-    """bf16 autocast on CUDA (tensor cores, no loss scaling needed); full fp32 elsewhere."""
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """bf16 on a CUDA card that computes it natively (Ampere and later); fp16 on older ones; None elsewhere.
+
+    T4 and V100 (classroom and Colab GPUs) only emulate bf16, slowly; their tensor cores run fp16."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def needs_grad_scaler(device: torch.device | str) -> bool:
+    """fp16 gradients underflow to zero without loss scaling; bf16 has fp32's range and needs none."""
+    return autocast_dtype(device) is torch.float16
+
+
+def grad_scaler(device: torch.device | str) -> torch.amp.GradScaler:
+    """A GradScaler, enabled only where needs_grad_scaler says so (disabled it passes everything through)."""
+    device = torch.device(device)
+    return torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device))
+
+
+def autocast(device: torch.device | str):
+    """Mixed precision where it pays: autocast_dtype(device) on CUDA, full fp32 elsewhere."""
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype)
 
 
 def set_seed(seed: int) -> None:

@@ -2,18 +2,19 @@
 
 Layer i of L gets base_lr * decay**(L-1-i), the embeddings base_lr * decay**L, the head base_lr.
 ULMFiT's rule of thumb divides by 2.6 per layer (`ULMFIT_DECAY`); for a 6-layer encoder that leaves the
-embeddings at 1/312 of the head's rate, so the gentler 0.95 is the default here.
+embeddings at 1/312 of the head's rate, so the gentler 0.95 is the default here. ULMFiT's schedule,
+`slanted_triangular`, lives with the other schedules in ftlib.optim (importable from here too).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
 from torch import nn
 
 from .models import embeddings, encoder_layers
-from .train import NO_DECAY
+from .optim import NO_DECAY, slanted_triangular
+from .strategy_tag import tag_strategy
+
+__all__ = ["ULMFIT_DECAY", "apply_discriminative_lr", "layer_lrs", "layerwise_param_groups", "slanted_triangular"]
 
 ULMFIT_DECAY = 1 / 2.6
 
@@ -22,7 +23,7 @@ def apply_discriminative_lr(model: nn.Module) -> nn.Module:
     """Every parameter trains (as in full fine-tuning); the rates come from layerwise_param_groups."""
     for p in model.parameters():
         p.requires_grad_(True)
-    return model
+    return tag_strategy(model, "discriminative-lr")
 
 
 def layer_lrs(model: nn.Module, base_lr: float, decay: float = 0.95) -> dict[str, float]:
@@ -48,17 +49,3 @@ def layerwise_param_groups(model: nn.Module, base_lr: float = 5e-5, decay: float
         buckets.setdefault(key, []).append(p)
     return [{"params": ps, "lr": lrs[name], "weight_decay": 0.0 if no_decay else weight_decay,
              "name": f"{name}{' (no decay)' if no_decay else ''}"} for (name, no_decay), ps in buckets.items()]
-
-
-def slanted_triangular(cut_frac: float = 0.1, ratio: float = 32) -> Callable[[int, int], float]:
-    """ULMFiT's schedule as an LR multiplier: a short linear rise to 1, a long linear fall to 1/ratio."""
-    if not 0 < cut_frac < 1 or ratio < 1:
-        raise ValueError(f"need 0 < cut_frac < 1 and ratio >= 1, got {cut_frac}, {ratio}")
-
-    def schedule(step: int, total: int) -> float:
-        cut = max(1, math.floor(total * cut_frac))
-        # The paper writes the fall's length as cut * (1/cut_frac - 1); that equals total - cut only when
-        # total * cut_frac is an integer, and otherwise overshoots into negative rates.
-        p = step / cut if step < cut else max(0.0, 1 - (step - cut) / max(1, total - cut))
-        return (1 + p * (ratio - 1)) / ratio
-    return schedule

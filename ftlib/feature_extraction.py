@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from .params import freeze_except
+from .strategy_tag import tag_strategy
 
 
 def apply_feature_extraction(model: nn.Module) -> nn.Module:
@@ -21,4 +22,4 @@ def apply_feature_extraction(model: nn.Module) -> nn.Module:
     freeze_except(model, lambda name: False)  # only classifier.* keeps requires_grad
     model.keep_encoder_eval = True
     model.encoder.eval()
-    return model
+    return tag_strategy(model, "feature-extraction")

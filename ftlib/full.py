@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .strategy_tag import tag_strategy
+
 
 def apply_full(model: nn.Module) -> nn.Module:
     """Make every parameter trainable; fit's default groups skip weight decay on biases and LayerNorms."""
@@ -11,4 +13,4 @@ def apply_full(model: nn.Module) -> nn.Module:
         p.requires_grad_(True)
     if hasattr(model, "keep_encoder_eval"):
         model.keep_encoder_eval = False
-    return model
+    return tag_strategy(model, "full")

@@ -9,14 +9,16 @@ from pathlib import Path
 
 @dataclass
 class History:
-    step_loss: list[float] = field(default_factory=list)  # training loss of every optimisation step
-    step_seconds: list[float] = field(default_factory=list)  # wall time of every step (forward+backward+update)
+    # One entry per optimizer step: with grad_accum=k a step covers k batches (the last window of an epoch
+    # may cover fewer), its loss is the mean of theirs and its time their forwards+backwards plus the update.
+    step_loss: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
     epochs: list[dict] = field(default_factory=list)  # one dict per epoch: train_loss, val_*, seconds, ...
     best_epoch: int | None = None  # epoch whose weights the model holds at the end (early stopping)
 
     @property
     def seconds_per_step(self) -> float:
-        """Median step time: robust to the first, slower step and to a noisy machine."""
+        """Median time per optimizer step: robust to the first, slower step and to a noisy machine."""
         s = sorted(self.step_seconds)
         return s[len(s) // 2] if s else float("nan")
 
@@ -36,13 +38,14 @@ class History:
     def plot(self, title: str = "", smooth: int = 10):
         """Training loss per step (with a moving average) and validation metrics per epoch."""
         import matplotlib.pyplot as plt
+        import pandas as pd
 
         fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.5))
         steps = range(1, len(self.step_loss) + 1)
         ax_loss.plot(steps, self.step_loss, alpha=0.35, label="step loss")
         if len(self.step_loss) >= smooth:
-            avg = [sum(self.step_loss[i - smooth:i]) / smooth for i in range(smooth, len(self.step_loss) + 1)]
-            ax_loss.plot(range(smooth, len(self.step_loss) + 1), avg, label=f"mean of {smooth}")
+            avg = pd.Series(self.step_loss, index=steps).rolling(smooth).mean().dropna()  # mean of the last `smooth`
+            ax_loss.plot(avg.index, avg.to_numpy(), label=f"mean of {smooth}")
         ax_loss.set(xlabel="step", ylabel="cross-entropy", title="training loss")
         ax_loss.legend()
         ep = [e["epoch"] for e in self.epochs]

@@ -77,7 +77,8 @@ def load_encoder(
 class SequenceClassifier(nn.Module):
     """Encoder + pooling + linear head: the model shape the reference text fine-tunes."""
 
-    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "mean", dropout: float = 0.1):
+    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "mean", dropout: float = 0.1,
+                 seed: int | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -87,7 +88,14 @@ class SequenceClassifier(nn.Module):
         self.pooling = pooling
         self.num_labels = num_labels
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int (or None: torch's global random state), got {seed!r}")
+        if seed is None:  # drawn from torch's global random state, whatever ran before decides it
+            self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+        else:
+            with torch.random.fork_rng(devices=[]):  # the global random state is left as it was
+                torch.manual_seed(seed)  # the head is a function of the seed alone
+                self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
         self.keep_encoder_eval = False  # feature extraction sets this: a frozen encoder never drops out
 
     @property
@@ -121,16 +129,19 @@ class SequenceClassifier(nn.Module):
 
 
 def build_classifier(name: str | None = None, num_labels: int | None = None, pooling: str = "mean", *,
-                     data=None, **kwargs):
+                     data=None, seed: int | None = None, **kwargs):
     """(SequenceClassifier, tokenizer) in one call; num_labels from `data` (a TextDataset or a dict of splits)
-    when given, else 2; kwargs go to load_encoder."""
+    when given, else 2; kwargs go to load_encoder.
+
+    With `seed`, the head's initial weights depend on it alone: build_classifier(seed=s) followed by
+    fit(seed=s) gives the same run in any process. Without it they come from torch's global random state."""
     if data is not None:
         found = (data["train"] if isinstance(data, dict) else data).num_labels
         if num_labels is not None and num_labels != found:
             raise ValueError(f"num_labels={num_labels} but the data has {found} classes; pass one of them, not both")
         num_labels = found
     encoder, tokenizer = load_encoder(name, **kwargs)
-    return SequenceClassifier(encoder, 2 if num_labels is None else num_labels, pooling=pooling), tokenizer
+    return SequenceClassifier(encoder, 2 if num_labels is None else num_labels, pooling=pooling, seed=seed), tokenizer
 
 
 def base_encoder(model: nn.Module) -> nn.Module:

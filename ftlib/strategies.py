@@ -11,16 +11,19 @@ from .adapters import apply_adapters
 from .discriminative_lr import apply_discriminative_lr, layerwise_param_groups, slanted_triangular
 from .feature_extraction import apply_feature_extraction
 from .full import apply_full
-from .gradual_unfreezing import GradualUnfreezing, apply_gradual_unfreezing, unfreezing_order
+from .gradual_unfreezing import GradualUnfreezing, apply_gradual_unfreezing, even_interval, unfreezing_order
 from .lora import apply_lora
 from .prefix_tuning import apply_prefix_tuning
 from .train import Callback
 
 
 def _thaw_evenly(model: nn.Module, total_steps: int) -> list[Callback]:
-    """Spread the thawing of every block (layers, then embeddings) evenly over the run."""
-    every = max(1, total_steps // (len(unfreezing_order(model)) + 1))
-    return [GradualUnfreezing(every=every, unit="step", start=every)]
+    """Spread the thawing of every block (layers, then embeddings) evenly over the run.
+
+    The callback works out its interval from the optimizer steps fit plans (at on_train_begin); the
+    `total_steps` given here (callers count batches, blind to grad_accum) only previews every/start."""
+    every = even_interval(len(unfreezing_order(model)), total_steps)
+    return [GradualUnfreezing(every=every, unit="step", start=every, evenly=True)]
 
 
 @dataclass(frozen=True)

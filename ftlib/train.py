@@ -1,146 +1,46 @@
-"""One training loop for every strategy: AdamW on the groups a strategy gives, warm-up/decay, clipping,
-per-epoch evaluation, early stopping that restores the best weights, callbacks, and a History."""
+"""One training loop for every strategy: forward, backward, clipping, the optimizer step and the schedule.
+
+Everything else is a callback with its own file: early stopping that restores the best weights
+(ftlib.early_stopping), crash-safe checkpoints (ftlib.checkpointing), the feature cache of a frozen
+encoder (ftlib.feature_cache), gradual unfreezing. Groups and schedules come from ftlib.optim.
+Evaluation (ftlib.evaluation) runs after every epoch; ftlib.distributed starts and ends DDP runs.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
-import os
+import numbers
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .checkpoint import resume_from, save_run
-from .device import autocast, get_device, set_seed
+from .batches import MODEL_INPUTS, first_batch, model_inputs, move, progress_bar
+from .callbacks import Callback, TrainState, call
+from .checkpoint import peak_lr as checkpoint_lr
+from .checkpoint import read_meta
+from .checkpointing import Checkpointing
+from .device import autocast, get_device, grad_scaler, set_seed
+from .distributed import end_distributed, launched_accelerator
+from .early_stopping import METRICS, EarlyStopping
+from .evaluation import classification_metrics, evaluate, predict
+from .feature_cache import FeatureCache, encode_all, uses_feature_cache
 from .history import History
+from .optim import NO_DECAY, head_lr, linear_warmup_decay, param_groups
+from .strategy_tag import strategy_tag
 
-NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-METRICS = {"accuracy": 1, "macro_f1": 1, "loss": -1}  # validation metric -> sign that makes higher better
-
-
-@dataclass
-class TrainState:
-    """What callbacks see and may change between steps."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    history: History
-    epoch: int = 0  # 1-based once training starts
-    step: int = 0  # optimisation steps done so far
-    epochs: int = 0  # epochs planned
-    total_steps: int = 0  # steps planned
+__all__ = [  # names other modules and notebooks import from here (several now live elsewhere)
+    "MODEL_INPUTS", "METRICS", "NO_DECAY", "Callback", "TrainState", "classification_metrics", "encode_all",
+    "end_distributed", "evaluate", "fit", "launched_accelerator", "linear_warmup_decay", "model_inputs", "move",
+    "param_groups", "predict", "progress_bar", "uses_feature_cache",
+]
 
 
-class Callback:
-    """Hooks into `fit`; override what you need (gradual unfreezing uses on_epoch_begin/on_step_end)."""
-
-    def on_train_begin(self, state: TrainState) -> None: ...
-    def on_epoch_begin(self, state: TrainState) -> None: ...
-    def on_step_end(self, state: TrainState) -> None: ...
-    def on_epoch_end(self, state: TrainState) -> None: ...
-
-    def state_dict(self) -> dict:
-        """What a checkpoint must keep of this callback (JSON-serialisable)."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-def progress_bar(iterable=None, *, progress: bool = True, **kwargs):
-    """A tqdm bar that redraws at most once a second: in Jupyter every redraw is ~3 kernel messages, and an
-    unread backlog over ZeroMQ's limit (~5,000) is dropped, the cell's "done" signal with it (nbval hangs)."""
-    return tqdm(iterable, leave=False, disable=not progress, mininterval=1.0, **kwargs)
-
-
-def param_groups(model: nn.Module, weight_decay: float = 0.01, params: Iterable | None = None) -> list[dict]:
-    """Two AdamW groups: decay for weights, none for biases and LayerNorm weights.
-
-    Every parameter goes in, trainable or not: AdamW skips tensors whose .grad is None, so a layer
-    unfrozen later is updated from then on (an optimizer built from only the trainable tensors never sees it).
-    """
-    named = list(params) if params is not None else list(model.named_parameters())
-    decay = [p for n, p in named if not n.endswith(NO_DECAY)]
-    no_decay = [p for n, p in named if n.endswith(NO_DECAY)]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def linear_warmup_decay(warmup: float = 0.1) -> Callable[[int, int], float]:
-    """LR multiplier: linear warm-up over the first `warmup` fraction of steps, then linear decay to 0."""
-    def schedule(step: int, total: int) -> float:
-        w = max(1, int(total * warmup))
-        return (step + 1) / w if step < w else max(0.0, (total - step) / max(1, total - w))
-    return schedule
-
-
-def move(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def model_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
-
-
-def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict[str, float]:
-    """Accuracy and macro-F1 (the mean of per-class F1, so a majority class cannot hide a weak one).
-
-    Macro-F1 averages over the classes present (in the labels or the predictions), as scikit-learn does:
-    a class that never occurs and is never predicted has no F1 to count."""
-    f1s = []
-    for c in range(num_labels):
-        tp = ((preds == c) & (labels == c)).sum().item()
-        fp = ((preds == c) & (labels != c)).sum().item()
-        fn = ((preds != c) & (labels == c)).sum().item()
-        if tp + fp + fn:
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": (preds == labels).float().mean().item(), "macro_f1": sum(f1s) / max(len(f1s), 1)}
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device | None = None, progress: bool = False, accelerator=None):
-    """(logits (N, C), labels (N,)) over a loader, in eval mode (no dropout), restoring the mode after.
-
-    Under DDP each process sees a shard; gather_for_metrics collects every example exactly once (the
-    sampler pads the last shard with repeats, which it drops)."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    logits, labels = [], []
-    for batch in progress_bar(loader, desc="eval", progress=progress):
-        batch = move(batch, device)
-        with autocast(device):
-            out = model(**model_inputs(batch)).float()  # (B, C)
-        target = batch["labels"]
-        if accelerator is not None:
-            out, target = accelerator.gather_for_metrics((out, target))
-        logits.append(out)
-        labels.append(target)
-    model.train(was_training)
-    return torch.cat(logits), torch.cat(labels)
-
-
-def evaluate(model: nn.Module, loader, device: torch.device | None = None, progress: bool = False,
-             accelerator=None) -> dict:
-    """loss, accuracy, macro_f1 and n over a whole loader."""
-    logits, labels = predict(model, loader, device, progress, accelerator)
-    out = classification_metrics(logits.argmax(-1), labels, logits.shape[-1])
-    return {"loss": F.cross_entropy(logits, labels).item(), **out, "n": len(labels)}
-
-
-def _dataset_labels(loader) -> Sequence[int] | None:
-    """The labels of a loader's dataset when it exposes them (make_loader's does), else None."""
-    if loader is None:
-        return None
-    ds = getattr(loader.dataset, "ds", loader.dataset)
-    return getattr(ds, "labels", None)
+# --- checks before anything trains ------------------------------------------------------------------------
 
 
 def _check_labels(labels: torch.Tensor, num_labels: int) -> None:
@@ -149,53 +49,122 @@ def _check_labels(labels: torch.Tensor, num_labels: int) -> None:
                          f"got values {sorted(set(labels.tolist()))[:5]}")
 
 
-def uses_feature_cache(model: nn.Module) -> bool:
-    """True for a frozen, eval-mode encoder: its features never change, so compute them once."""
-    encoder = getattr(model, "encoder", None)
-    return bool(getattr(model, "keep_encoder_eval", False) and encoder is not None
-                and not any(p.requires_grad for p in encoder.parameters()))
+def _check_loader(loader, which: str, num_labels: int | None) -> None:
+    """Labelled dict batches with labels the head can predict; checked up front, not at the bad batch."""
+    if loader is None:
+        return
+    batch = first_batch(loader)
+    fix = "build the loader with ftlib.data.make_loader from a labelled dataset (ftlib.data.from_lists(texts, labels))"
+    if batch is not None and not isinstance(batch, Mapping):
+        raise TypeError(f"the {which} loader's batches must be dicts (input_ids, attention_mask, labels), "
+                        f"got {type(batch).__name__}: {fix}")
+    if batch is not None and "labels" not in batch:
+        raise ValueError(f"the {which} loader's batches have no 'labels' (keys: {sorted(batch)}); fit trains "
+                         f"and validates on labelled data: {fix}")
+    ds = getattr(loader.dataset, "ds", loader.dataset)
+    if num_labels is not None and getattr(ds, "labels", None) is not None:
+        _check_labels(torch.as_tensor(ds.labels), num_labels)
 
 
-@torch.no_grad()
-def encode_all(model: nn.Module, loader, device: torch.device, progress: bool = True):
-    """Pooled features (N, H) and labels (N,) for every example, in dataset order."""
-    n = len(loader.dataset)
-    feats, labels = None, torch.empty(n, dtype=torch.long, device=device)
-    model.encoder.eval()
-    for batch in progress_bar(loader, desc="caching features", progress=progress):
-        if "index" not in batch:
-            raise KeyError("feature caching needs batches with an 'index' key; build loaders with ftlib.data.make_loader")
-        batch = move(batch, device)
-        with autocast(device):
-            f = model.features(**model_inputs(batch)).float()  # (B, H)
-        if feats is None:
-            feats = torch.empty(n, f.shape[-1], device=device)
-        feats[batch["index"]], labels[batch["index"]] = f, batch["labels"]
-    return feats, labels
+def _check_epochs(epochs) -> int:
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral):
+        raise TypeError(f"epochs must be a whole number of passes over the data (an int), got {epochs!r}: "
+                        "e.g. epochs=2")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    return int(epochs)
 
 
-def _cached_batches(feats, labels, batch_size: int, generator: torch.Generator):
-    order = torch.randperm(len(labels), generator=generator).to(feats.device)
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        yield {"features": feats[idx], "labels": labels[idx]}
+def _peak_lr(model: nn.Module, lr, resume_from: Path | None) -> float:
+    """lr if given; else the recipe rate of the strategy the model carries; else the resumed run's."""
+    if lr is not None:
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr > 0:
+            raise ValueError(f"lr must be a positive number, got {lr!r}: e.g. lr=5e-05")
+        return float(lr)
+    tag = strategy_tag(model)
+    if tag is not None:
+        from .strategies import get_recipe  # the registry imports strategy modules that import this one
+
+        try:
+            return get_recipe(tag.name).lr
+        except ValueError:
+            why = f"the model carries strategy {tag.name!r}, which has no recipe in ftlib.strategies"
+    else:
+        why = "the model carries no strategy (no ftlib apply_* verb was used on it)"
+    if resume_from is not None:
+        return checkpoint_lr(read_meta(resume_from))  # the checkpoint restores the real rates anyway
+    raise ValueError(f"fit needs a learning rate: {why}; pass lr=, e.g. fit(..., lr=5e-05) for full "
+                     "fine-tuning, or apply a strategy so fit uses its recipe rate")
 
 
-def launched_accelerator():
-    """An Accelerator when started by `accelerate launch` or torchrun with several processes, else None.
+def _adamw(model: nn.Module, groups, weight_decay: float, lr, resume_from: Path | None) -> torch.optim.AdamW:
+    """AdamW over the given groups (default: ftlib.optim.param_groups), refused when nothing in them trains."""
+    groups = list(groups) if groups is not None else param_groups(model, weight_decay)
+    for g in groups:  # the caller's dicts, as AdamW keeps them (it adds initial_lr to them)
+        if isinstance(g, dict) and not isinstance(g["params"], list | tuple):
+            g["params"] = list(g["params"])  # a generator would be spent by the check below
+    if not any(p.requires_grad for g in groups for p in (g["params"] if isinstance(g, dict) else [g])):
+        raise ValueError("no parameter in the optimizer requires grad: apply a strategy first")
+    return torch.optim.AdamW(groups, lr=_peak_lr(model, lr, resume_from))
 
-    Without CUDA it asks for CPU processes explicitly, which makes them talk over gloo."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import Accelerator
 
-        return Accelerator(cpu=not torch.cuda.is_available())
-    return None
+def _check_arguments(model, train_loader, val_loader, epochs, grad_accum, metric, resume, checkpoint_dir) -> int:
+    """Every bad argument refused before anything changes; returns epochs as an int."""
+    epochs = _check_epochs(epochs)
+    if not isinstance(grad_accum, int) or grad_accum < 1:
+        raise ValueError(f"grad_accum must be a positive int, got {grad_accum!r}")
+    if len(train_loader.dataset) == 0:
+        raise ValueError("the training set is empty")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+    _check_loader(train_loader, "train", getattr(model, "num_labels", None))
+    _check_loader(val_loader, "validation", getattr(model, "num_labels", None))
+    return epochs
 
 
-def end_distributed() -> None:
-    """Destroy the process group before exit: gloo's threads left running at exit abort the process (SIGABRT)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+# --- the loop ------------------------------------------------------------------------------------------------
+
+
+def train_epoch(state: TrainState, net: nn.Module, max_grad_norm: float | None, progress: bool) -> dict:
+    """One pass over state.batches, an optimizer step every grad_accum batches; returns the epoch's row."""
+    model, optimizer, scaler, dev = state.model, state.optimizer, state.scaler, state.device
+    n, accum = len(state.train_loader), state.grad_accum
+    t0, losses, seen, window, busy = time.perf_counter(), [], 0, [], 0.0
+    bar = progress_bar(state.batches, total=n, desc=f"epoch {state.epoch}/{state.epochs}", progress=progress)
+    optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(bar):
+        ts, batch = time.perf_counter(), move(batch, dev)
+        size = min(accum, n - i // accum * accum)  # batches in this step: the epoch's last window may be short
+        sync = len(window) + 1 == size
+        with net.no_sync() if state.accelerator is not None and not sync else contextlib.nullcontext():
+            with autocast(dev):
+                logits = model.head(batch["features"]) if "features" in batch else net(**model_inputs(batch))  # (B, C)
+            _check_labels(batch["labels"], logits.shape[-1])
+            loss = F.cross_entropy(logits.float(), batch["labels"])
+            scaler.scale(loss / size).backward()  # the window's mean loss, whatever its size
+        window.append(loss.item())
+        seen += len(batch["labels"])
+        if sync:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+            if max_grad_norm:
+                nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            state.scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.history.step_loss.append(sum(window) / len(window))
+            state.history.step_seconds.append(busy + time.perf_counter() - ts)
+            losses, window, busy = losses + window, [], 0.0
+            bar.set_postfix(loss=f"{state.history.step_loss[-1]:.3f}", refresh=False)  # drawn at the next redraw
+            call(state.callbacks, "on_step_end", state)
+        else:
+            busy += time.perf_counter() - ts
+    seconds = time.perf_counter() - t0
+    return {"epoch": state.epoch, "train_loss": sum(losses) / len(losses), "seconds": seconds,
+            "examples_per_second": seen / seconds, "lr": head_lr(optimizer, model)}
 
 
 def fit(
@@ -204,7 +173,7 @@ def fit(
     val_loader=None,
     *,
     epochs: int = 2,
-    lr: float = 5e-5,
+    lr: float | None = None,
     groups: Sequence[dict] | None = None,
     weight_decay: float = 0.01,
     schedule: Callable[[int, int], float] | None = None,
@@ -222,118 +191,56 @@ def fit(
 ) -> History:
     """Train `model` and return its History; with a val_loader, the best epoch's weights are kept.
 
+    `lr=None` takes the recipe rate of the strategy the model carries (ftlib.strategy_tag), else is refused.
+    `seed` seeds dropout, the feature cache's order and (under DDP, as seed + rank) each process; the data
+    order comes from the loader's own generator, and the head's initial weights from build_classifier(seed=).
     Under `accelerate launch` (or with an Accelerator passed in) the same loop runs data-parallel:
     the model is wrapped in DDP, each process sees its shard, and evaluation gathers every example once.
     With `checkpoint_dir`, a checkpoint is written after every epoch; `resume=True` continues from it.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if not isinstance(grad_accum, int) or grad_accum < 1:
-        raise ValueError(f"grad_accum must be a positive int, got {grad_accum!r}")
-    if len(train_loader.dataset) == 0:
-        raise ValueError("the training set is empty")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir")
-    num_labels = getattr(model, "num_labels", None)
-    for loader in (train_loader, val_loader):
-        labels = _dataset_labels(loader)
-        if num_labels is not None and labels is not None:
-            _check_labels(torch.as_tensor(labels), num_labels)  # before any update, not at the bad batch
+    epochs = _check_arguments(model, train_loader, val_loader, epochs, grad_accum, metric, resume, checkpoint_dir)
     accelerator = accelerator or launched_accelerator()
     distributed = accelerator is not None and accelerator.num_processes > 1
     device = accelerator.device if accelerator else torch.device(device) if device is not None else get_device()
-    set_seed(seed)
+    set_seed(seed + (accelerator.process_index if distributed else 0))  # each process its own dropout stream
     model.to(device).train()
-    optimizer = torch.optim.AdamW(groups if groups is not None else param_groups(model, weight_decay), lr=lr)
-    if not any(p.requires_grad for g in optimizer.param_groups for p in g["params"]):
-        raise ValueError("no parameter in the optimizer requires grad: apply a strategy first")
-    cached = uses_feature_cache(model) and not distributed  # each process would cache only its shard
+    optimizer = _adamw(model, groups, weight_decay, lr, Path(checkpoint_dir) if resume else None)
     net = model
-    if distributed:
+    if distributed:  # DDP: gradients are averaged across processes in backward; each process sees a shard
         if any(getattr(cb, "changes_trainable", False) for cb in callbacks):
             raise ValueError("callbacks that change which tensors train (gradual unfreezing) cannot run under DDP: "
                              "DDP fixes the set of synchronised tensors when it wraps the model")
-        net = accelerator.prepare_model(model)  # DDP: gradients are averaged across processes in backward
-        train_loader = accelerator.prepare_data_loader(train_loader)
+        net, train_loader = accelerator.prepare_model(model), accelerator.prepare_data_loader(train_loader)
         val_loader = accelerator.prepare_data_loader(val_loader) if val_loader is not None else None
-    steps_per_epoch = math.ceil(len(train_loader) / grad_accum)  # optimizer steps this process takes
-    total = epochs * steps_per_epoch
+    total = epochs * math.ceil(len(train_loader) / grad_accum)  # optimizer steps this process takes
     schedule = schedule or linear_warmup_decay()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, total))
-    state = TrainState(model, optimizer, scheduler, History(), epochs=epochs, total_steps=total)
-    run = {"best": -math.inf, "bad_epochs": 0, "best_weights": None, "stopped": False}
     generators = {"cache": torch.Generator().manual_seed(seed)}
     if getattr(train_loader, "generator", None) is not None:
         generators["loader"] = train_loader.generator
-    first = 1
-    if resume:
-        first = resume_from(checkpoint_dir, state, run, generators, callbacks) + 1
-    for cb in callbacks:
-        cb.on_train_begin(state)
-    feats = None
+    checkpointing = Checkpointing(checkpoint_dir) if checkpoint_dir is not None else None
+    callbacks = [*callbacks, *([] if distributed else [FeatureCache(generators["cache"], progress)]),
+                 *([EarlyStopping(metric, patience)] if val_loader is not None else []),
+                 *([checkpointing] if checkpointing else [])]  # in this order at every hook
+    state = TrainState(model, optimizer, scheduler, History(), epochs=epochs, total_steps=total,
+                       grad_accum=grad_accum, device=device, train_loader=train_loader, generators=generators,
+                       callbacks=callbacks, accelerator=accelerator if distributed else None,
+                       scaler=grad_scaler(device))
+    first = checkpointing.restore(state) + 1 if resume else 1
+    call(callbacks, "on_train_begin", state)
     for epoch in range(first, epochs + 1):
-        if run["stopped"]:
+        if state.stop:
             break
-        state.epoch = epoch
-        for cb in callbacks:
-            cb.on_epoch_begin(state)
-        t0, losses, seen = time.perf_counter(), [], 0
-        if cached and feats is None:
-            feats, labels = encode_all(model, train_loader, device, progress)
-        batches = _cached_batches(feats, labels, train_loader.batch_size, generators["cache"]) if cached \
-            else train_loader
-        n_batches = len(train_loader)
-        bar = progress_bar(batches, total=n_batches, desc=f"epoch {epoch}/{epochs}", progress=progress)
-        optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(bar):
-            ts = time.perf_counter()
-            batch = move(batch, device)
-            sync = (i + 1) % grad_accum == 0 or i + 1 == n_batches  # step after every grad_accum batches
-            with net.no_sync() if distributed and not sync else contextlib.nullcontext():
-                with autocast(device):
-                    logits = model.head(batch["features"]) if cached else net(**model_inputs(batch))  # (B, C)
-                    _check_labels(batch["labels"], logits.shape[-1])
-                    loss = F.cross_entropy(logits.float(), batch["labels"])
-                (loss / grad_accum).backward()
-            losses.append(loss.item())
-            seen += len(batch["labels"])
-            state.history.step_loss.append(losses[-1])
-            if sync:
-                if max_grad_norm:
-                    nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-            state.history.step_seconds.append(time.perf_counter() - ts)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)  # drawn at the next timed redraw
-            if sync:
-                for cb in callbacks:
-                    cb.on_step_end(state)
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "seconds": seconds,
-               "examples_per_second": seen / seconds, "lr": scheduler.get_last_lr()[0]}
+        state.epoch, state.batches = epoch, train_loader
+        call(callbacks, "on_epoch_begin", state)  # the feature cache may swap in cached batches
+        row = train_epoch(state, net, max_grad_norm, progress)
         if val_loader is not None:
-            found = evaluate(net, val_loader, device, accelerator=accelerator if distributed else None)
+            found = evaluate(net, val_loader, device, accelerator=state.accelerator)
             row.update({f"val_{k}": v for k, v in found.items() if k != "n"})
         state.history.epochs.append(row)
-        for cb in callbacks:
-            cb.on_epoch_end(state)
-        if val_loader is not None:
-            score = METRICS[metric] * row[f"val_{metric}"]  # higher is better
-            if score > run["best"]:
-                run.update(best=score, bad_epochs=0, best_weights=copy.deepcopy(model.state_dict()))
-                state.history.best_epoch = epoch
-            else:
-                run["bad_epochs"] += 1
-                run["stopped"] = patience is not None and run["bad_epochs"] >= patience
-        if checkpoint_dir is not None and (accelerator is None or accelerator.is_main_process):
-            save_run(checkpoint_dir, state, run, generators, callbacks)
+        call(callbacks, "on_epoch_end", state)  # early stopping, then the checkpoint
         if distributed:
             accelerator.wait_for_everyone()
-    if run["best_weights"] is not None:
-        model.load_state_dict(run["best_weights"])
+    call(callbacks, "on_train_end", state)  # early stopping restores the best weights
     model.eval()
     return state.history

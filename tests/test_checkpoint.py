@@ -12,8 +12,11 @@ from torch.utils.data import DataLoader
 
 from ftlib import checkpoint
 from ftlib.adapters import apply_adapters
+from ftlib.feature_extraction import apply_feature_extraction
+from ftlib.full import apply_full
 from ftlib.gradual_unfreezing import GradualUnfreezing, apply_gradual_unfreezing
 from ftlib.lora import apply_lora
+from ftlib.strategy_tag import tag_strategy
 from ftlib.train import Callback, fit
 
 
@@ -145,3 +148,92 @@ def test_gradient_accumulation_equals_one_big_batch():
         torch.testing.assert_close(runs[1][name], t, atol=1e-5, rtol=1e-4, msg=name)
     with pytest.raises(ValueError, match="grad_accum"):
         fit(make_model(), DataLoader(data, batch_size=8), grad_accum=0, progress=False)
+
+
+# --- the strategy travels with the checkpoint (issue 10, item 6) -------------------------------------------
+
+
+def test_resuming_a_feature_extraction_checkpoint_as_full_fine_tuning_is_refused(tmp_path):
+    train, val = _loaders()
+    fit(apply_feature_extraction(make_model(num_labels=2)), train, val, epochs=1, lr=1e-3, progress=False,
+        checkpoint_dir=tmp_path)
+    model = apply_full(make_model(num_labels=2))
+    with pytest.raises(ValueError, match=r"saved with strategy feature-extraction \{\}, but this model carries "
+                                         r"full \{\}; apply the same strategy"):
+        _fit(model, tmp_path, resume=True)
+    assert all(p.requires_grad for p in model.parameters())  # refused before anything was frozen
+
+
+def test_a_checkpoint_with_another_strategy_config_is_refused_naming_both(tmp_path):
+    train, val = _loaders()
+    model = tag_strategy(make_model(num_labels=2), "discriminative-lr", {"decay": 0.95})
+    fit(model, train, val, epochs=1, lr=1e-3, progress=False, checkpoint_dir=tmp_path)
+    other = tag_strategy(make_model(num_labels=2), "discriminative-lr", {"decay": 0.5})
+    with pytest.raises(ValueError, match=r"discriminative-lr \{'decay': 0\.95\}, but this model carries "
+                                         r"discriminative-lr \{'decay': 0\.5\}"):
+        _fit(other, tmp_path, resume=True)
+
+
+def test_the_strategy_and_its_config_are_stored(tmp_path):
+    train, val = _loaders()
+    fit(apply_gradual_unfreezing(make_model(num_labels=2)), train, val, epochs=2, lr=1e-3, progress=False,
+        checkpoint_dir=tmp_path, callbacks=[GradualUnfreezing(every=1)])
+    _, meta = checkpoint.load_checkpoint(tmp_path)
+    assert meta["strategies"] == [{"name": "gradual-unfreezing", "config": {}}]
+
+
+def test_every_file_is_fsynced_before_the_pointer_swap(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    checkpoint.save_checkpoint(tmp_path, "epoch-0001", {"model": {"w": torch.ones(3)}, "rng": {"t": torch.zeros(2)}},
+                               {"epoch": 1})
+    commit = events.index(("replace", "latest"))
+    synced_before = {ino for kind, ino in events[:commit] if kind == "fsync"}
+    written = [*(tmp_path / "epoch-0001").iterdir(), tmp_path / "epoch-0001", tmp_path / "latest"]
+    assert len(written) == 5
+    for path in written:
+        assert path.stat().st_ino in synced_before, path.name
+    assert ("fsync", tmp_path.stat().st_ino) in events[commit:]  # the rename itself made durable
+
+
+def test_cuda_random_states_are_saved_and_restored(tmp_path, monkeypatch):
+    """Mocked: a CUDA machine's per-device generator states go into the checkpoint and come back."""
+    states = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: restored.extend(new))
+    tensors, meta = checkpoint.rng_state()
+    checkpoint.save_checkpoint(tmp_path, "t", {"rng": tensors}, {"rng": meta})
+    loaded, loaded_meta = checkpoint.load_checkpoint(tmp_path)
+    checkpoint.set_rng_state(loaded["rng"], loaded_meta["rng"])
+    assert len(restored) == 2 and all(torch.equal(a, b) for a, b in zip(restored, states, strict=True))
+
+
+def test_each_process_resumes_with_its_own_random_state(tmp_path):
+    per_rank = []
+    for seed in (1, 2):  # two processes, two different random states
+        torch.manual_seed(seed)
+        per_rank.append(checkpoint.rng_state())
+    tensors, meta = checkpoint.pack_ranks(per_rank)
+    checkpoint.save_checkpoint(tmp_path, "t", {"rng": tensors}, {"rng": meta})
+    loaded, loaded_meta = checkpoint.load_checkpoint(tmp_path)
+    for rank, seed in enumerate((1, 2)):
+        torch.manual_seed(99)
+        checkpoint.set_rng_state(*checkpoint.unpack_rank(loaded["rng"], loaded_meta["rng"], rank, world=2))
+        got = torch.rand(3)
+        torch.manual_seed(seed)
+        assert torch.equal(got, torch.rand(3)), rank
+    with pytest.raises(ValueError, match="saved by 2 processes, but this run has 4; resume with 2"):
+        checkpoint.unpack_rank(loaded["rng"], loaded_meta["rng"], 0, world=4)

@@ -34,3 +34,17 @@ def test_two_processes_match_one_process(tmp_path):
     assert two["val_accuracy"] == pytest.approx(one["val_accuracy"], abs=1e-6)
     assert two["after"]["loss"] == pytest.approx(one["after"]["loss"], abs=1e-4)
     assert two["after"]["accuracy"] > two["before"]["accuracy"]  # it did learn
+
+
+@pytest.mark.slow
+def test_a_killed_ddp_run_resumes_exactly_with_each_process_random_state(tmp_path):
+    """Dropout on, seeded per process (seed + rank): a resumed run matches only if each rank gets its own state back."""
+    args = LAUNCH + [str(SCRIPT), "--batch-size", "32", "--dropout"]
+    ref = _run(args + ["--checkpoint-dir", str(tmp_path / "ref")], tmp_path / "ref.json")
+    crashed = _run(args + ["--checkpoint-dir", str(tmp_path / "run"), "--crash-at-epoch", "3"], tmp_path / "c.json")
+    assert crashed["crashed"] and (tmp_path / "run" / "latest").read_text() == "epoch-0002"
+    resumed = _run(args + ["--checkpoint-dir", str(tmp_path / "run"), "--resume"], tmp_path / "resumed.json")
+    assert ref["processes"] == resumed["processes"] == 2
+    assert resumed["step_loss"] == pytest.approx(ref["step_loss"], abs=1e-6)
+    assert resumed["val_accuracy"] == ref["val_accuracy"]
+    assert resumed["after"]["loss"] == pytest.approx(ref["after"]["loss"], abs=1e-6)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import Rows, make_model
+from conftest import Rows, block_of, make_model
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SubsetRandomSampler
 
 from ftlib.feature_extraction import apply_feature_extraction
 from ftlib.full import apply_full
+from ftlib.gradual_unfreezing import GradualUnfreezing
+from ftlib.models import encoder_layers
 from ftlib.params import trainable_names
-from ftlib.train import fit, uses_feature_cache
+from ftlib.train import Callback, encode_all, fit, uses_feature_cache
 
 
 def features(model, batch) -> torch.Tensor:
@@ -92,3 +94,75 @@ def test_a_model_that_is_not_a_sequence_classifier_is_refused(make, name):
     with pytest.raises(TypeError, match=rf"needs a model with \.encoder and \.classifier .*got {name}"):
         apply_feature_extraction(model)
     assert [p.requires_grad for p in model.parameters()] == flags
+
+
+# --- the cache is valid only while the encoder is frozen and every row is written (issue 10, item 3) ----------
+
+
+@pytest.mark.parametrize("cb", [GradualUnfreezing(every=1, unit="epoch", start=1),
+                                GradualUnfreezing(every=2, unit="step", start=1)], ids=["epoch", "mid-epoch"])
+def test_a_thawing_callback_on_top_of_feature_extraction_trains_what_it_thawed(cb):
+    model = apply_feature_extraction(make_model())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, DataLoader(Rows(12), batch_size=4), epochs=3, lr=1e-2, callbacks=[cb], device="cpu", progress=False)
+    moved = {block_of(n) for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert cb.unfrozen >= 2  # layer.1 and layer.0 thawed during the run
+    assert moved == {block_of(n) for n in trainable_names(model)}  # whatever was thawed, trained
+    assert {"head", "layer.1", "layer.0"} <= moved
+
+
+def test_the_cache_is_used_again_once_the_encoder_is_frozen_again():
+    """Cached epochs call the encoder once per example in all; a thawed epoch calls it for every batch."""
+
+    class ThawForEpoch2(Callback):
+        def on_epoch_begin(self, state):
+            encoder_layers(state.model)[1].requires_grad_(state.epoch == 2)
+
+    model = apply_feature_extraction(make_model())
+    calls = []
+    model.encoder.register_forward_hook(lambda *args: calls.append(1))
+    history = fit(model, DataLoader(Rows(12), batch_size=4), epochs=3, lr=1e-2, callbacks=[ThawForEpoch2()],
+                  device="cpu", progress=False)
+    assert len(history.step_loss) == 9
+    assert len(calls) == 3 + 3 + 3  # epoch 1: the cache; epoch 2: live; epoch 3: the cache, rebuilt
+
+
+def loader_over(rows, **kwargs):
+    return DataLoader(rows, **kwargs)
+
+
+def test_encode_all_fills_the_rows_a_drop_last_loader_skips():
+    model, rows = apply_feature_extraction(make_model()), Rows(10)
+    feats, labels = encode_all(model, loader_over(rows, batch_size=4, drop_last=True), torch.device("cpu"),
+                               progress=False)
+    assert labels.tolist() == rows.labels.tolist()  # rows 8 and 9 too: no uninitialised memory
+    torch.testing.assert_close(feats, features(model, {"input_ids": rows.ids, "attention_mask": rows.mask}))
+
+
+def test_encode_all_keeps_only_the_rows_a_subset_sampler_draws():
+    model, rows, subset = apply_feature_extraction(make_model()), Rows(10), [6, 1, 4]
+    feats, labels = encode_all(model, loader_over(rows, batch_size=2, sampler=SubsetRandomSampler(subset)),
+                               torch.device("cpu"), progress=False)
+    ordered = sorted(subset)
+    assert labels.tolist() == rows.labels[ordered].tolist()
+    torch.testing.assert_close(feats, features(model, {"input_ids": rows.ids[ordered],
+                                                       "attention_mask": rows.mask[ordered]}))
+
+
+def test_encode_all_refuses_a_sampler_it_cannot_read_with_drop_last():
+    model = apply_feature_extraction(make_model())
+    loader = loader_over(Rows(10), batch_size=2, sampler=[0, 1, 2, 3, 4], drop_last=True)
+    with pytest.raises(ValueError, match="drop_last=False"):
+        encode_all(model, loader, torch.device("cpu"), progress=False)
+
+
+@pytest.mark.parametrize("kwargs", [dict(batch_size=4, shuffle=True, drop_last=True),
+                                    dict(batch_size=2, sampler=SubsetRandomSampler(range(7)))],
+                         ids=["drop_last", "subset"])
+def test_fit_on_cached_features_takes_the_loaders_steps_on_its_rows(kwargs):
+    model, seen = apply_feature_extraction(make_model()), []
+    model.classifier.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    loader = loader_over(Rows(10), **kwargs)
+    history = fit(model, loader, epochs=3, lr=1e-2, device="cpu", progress=False)
+    assert len(history.step_loss) == 3 * len(loader)
+    assert sum(seen) == 3 * (8 if "drop_last" in kwargs else 7)  # the rows the loader gives, every epoch

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -212,3 +214,20 @@ def test_a_schedule_that_never_unfreezes_anything_is_refused_before_training(kwa
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GradualUnfreezing(**kwargs)
+
+
+@pytest.mark.parametrize("layers, grad_accum", [(2, 4), (4, 4), (4, 1)])
+def test_the_registry_recipe_thaws_every_block_with_gradient_accumulation(layers, grad_accum):
+    """The interval comes from the optimizer steps fit plans, not from the batches a caller counts."""
+    recipe = STRATEGIES["gradual-unfreezing"]
+    model = recipe.apply(make_model(num_hidden_layers=layers))
+    before = snapshot(model)
+    n, batch_size, epochs = 64, 2, 2
+    batches = epochs * math.ceil(n / batch_size)  # what a caller counting batches passes (ftlib.experiment does)
+    [cb] = recipe.callbacks(model, batches)
+    fit(model, loader(n, batch_size), epochs=epochs, lr=recipe.lr, grad_accum=grad_accum, callbacks=[cb],
+        device="cpu", progress=False)
+    assert cb.unfrozen == layers + 1  # every layer and the embeddings
+    assert [stage for stage, _ in cb.log] == [cb.every * k for k in range(1, layers + 2)]
+    assert cb.every == batches // grad_accum // (layers + 2)
+    assert changed_blocks(model, before) == {"head", "embeddings", *(f"layer.{i}" for i in range(layers))}

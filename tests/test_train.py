@@ -12,17 +12,22 @@ import matplotlib
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_model, rows_loader
+from conftest import Rows, make_encoder, make_model, rows_loader
+from ddp_fit import Toy
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerFast
 
-from ftlib import train
+from ftlib import batches, models
 from ftlib.data import from_lists, make_loader
+from ftlib.discriminative_lr import apply_discriminative_lr, layerwise_param_groups
 from ftlib.feature_extraction import apply_feature_extraction
 from ftlib.full import apply_full
 from ftlib.history import History
+from ftlib.models import SequenceClassifier
 from ftlib.params import freeze_except
+from ftlib.strategy_tag import tag_strategy
 from ftlib.train import (
     Callback,
     classification_metrics,
@@ -497,15 +502,191 @@ def test_progress_bars_redraw_at_most_once_a_second(monkeypatch):
     """In Jupyter each redraw is ~3 kernel messages; an unread backlog over ZeroMQ's limit hangs nbval."""
     draws = []
 
-    class CountingBar(train.tqdm):
+    class CountingBar(batches.tqdm):
         def display(self, *args, **kwargs):
             draws.append(self.desc)
             return super().display(*args, **kwargs)
 
-    monkeypatch.setattr(train, "tqdm", CountingBar)
+    monkeypatch.setattr(batches, "tqdm", CountingBar)  # progress_bar lives in ftlib.batches
     model = apply_full(make_model(num_labels=3))
     t0 = time.perf_counter()
     fit(model, rows_loader(400, batch_size=2), rows_loader(8), epochs=2, lr=1e-3, progress=True, device="cpu")
     elapsed = time.perf_counter() - t0
     bars = 4  # two epoch bars and two validation bars, each drawn when opened and when closed
     assert len(draws) <= 2 * bars + elapsed + 2, f"{len(draws)} redraws in {elapsed:.1f} s for 400 steps"
+
+
+# --- gradient accumulation and what History records (issue 10, item 5) --------------------------------------
+
+
+def no_dropout_model(num_labels: int = 2):
+    model = make_model(num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.dropout.p = 0.0
+    return model
+
+
+class GradSpy(Callback):
+    """The head's gradient just before every optimizer step."""
+
+    def __init__(self):
+        self.grads = []
+
+    def on_train_begin(self, s):
+        s.optimizer.register_step_pre_hook(
+            lambda *_: self.grads.append(s.model.classifier.weight.grad.detach().clone()))
+
+
+def test_a_last_partial_window_weighs_like_a_full_batch():
+    """40 examples: 5 batches of 8 accumulated 4 at a time = a batch of 32, then a window of 1 batch of 8."""
+    data = Toy(40, 0)
+    grads, states = [], []
+    for batch_size, accum in ((32, 1), (8, 4)):
+        model, spy = no_dropout_model(), GradSpy()
+        fit(model, DataLoader(data, batch_size=batch_size), epochs=1, lr=1e-3, grad_accum=accum, progress=False,
+            max_grad_norm=None, callbacks=[spy], device="cpu")
+        grads.append(spy.grads)
+        states.append(model.state_dict())
+    assert len(grads[0]) == len(grads[1]) == 2
+    for big, accumulated in zip(*grads, strict=True):
+        torch.testing.assert_close(accumulated, big, atol=1e-7, rtol=1e-4)  # the last one: not a quarter of it
+    for name, t in states[0].items():
+        torch.testing.assert_close(states[1][name], t, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_history_has_one_loss_and_one_time_per_optimizer_step():
+    model = no_dropout_model()
+    loader = DataLoader(Toy(40, 0), batch_size=8)  # 5 batches; grad_accum 2 -> windows of 2, 2 and 1 batches
+    spy = OptimizerSpy()
+    history = fit(model, loader, epochs=2, lr=1e-3, grad_accum=2, schedule=lambda step, total: 0.0,
+                  callbacks=[spy], progress=False, device="cpu")
+    # lr 0: the weights never move, so every batch's loss can be computed again afterwards
+    with torch.no_grad():
+        losses = [F.cross_entropy(model(b["input_ids"], b["attention_mask"]), b["labels"]).item() for b in loader]
+    windows = [losses[0:2], losses[2:4], losses[4:5]]
+    assert len(spy.lrs) == len(history.step_loss) == len(history.step_seconds) == 2 * 3
+    assert history.step_loss == pytest.approx([sum(w) / len(w) for w in windows] * 2, rel=1e-5)
+    assert all(s > 0 for s in history.step_seconds)
+
+
+def test_the_logged_learning_rate_is_the_heads():
+    model = apply_discriminative_lr(make_model(num_labels=3))
+    groups = layerwise_param_groups(model, base_lr=1e-3, decay=0.5)
+    assert groups[0]["name"] == "embeddings" and groups[0]["lr"] == pytest.approx(1e-3 / 4)
+    history = fit(model, rows_loader(8), epochs=1, lr=1e-3, groups=groups, schedule=lambda step, total: 1.0,
+                  device="cpu", progress=False)
+    assert history.epochs[-1]["lr"] == pytest.approx(1e-3)  # the head's rate, not the embeddings' 2.5e-4
+
+
+# --- the fit contract for users' own data (issue 11) -------------------------------------------------------
+
+
+def test_fit_without_lr_uses_the_recipe_rate_of_the_strategy_the_model_carries():
+    from ftlib.strategies import get_recipe
+
+    spy = OptimizerSpy()
+    model = apply_feature_extraction(make_model())
+    fit(model, rows_loader(8), epochs=1, schedule=lambda step, total: 1.0, callbacks=[spy], device="cpu",
+        progress=False)
+    assert spy.lrs == [get_recipe("feature-extraction").lr] * 2
+
+
+@pytest.mark.parametrize("tag", [None, "my-own-strategy"])
+def test_fit_without_lr_and_without_a_known_strategy_is_refused(tag):
+    model = make_model()
+    if tag:
+        tag_strategy(model, tag)
+    before = state(model)
+    with pytest.raises(ValueError, match=r"pass lr=, e\.g\. fit\(\.\.\., lr=5e-05\)"):
+        fit(model, rows_loader(8), epochs=1, device="cpu", progress=False)
+    assert same_state(state(model), before)
+
+
+@pytest.mark.parametrize("epochs", [1.5, 2.0, "2", True, None])
+def test_non_integer_epochs_are_refused_naming_the_fix(epochs):
+    with pytest.raises((TypeError, ValueError), match=r"epochs must be a whole number .*e\.g\. epochs=2"):
+        fit(make_model(), rows_loader(8), epochs=epochs, lr=1e-3, device="cpu", progress=False)
+
+
+class Unlabelled(torch.utils.data.Dataset):
+    def __init__(self, n: int = 8):
+        self.rows = Rows(n)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return {k: v for k, v in self.rows[i].items() if k != "labels"}
+
+
+@pytest.mark.parametrize("which", ["train", "validation"])
+def test_a_loader_without_labels_is_refused_before_training(which):
+    model = make_model()
+    before = state(model)
+    unlabelled = DataLoader(Unlabelled(), batch_size=4)
+    loaders = (unlabelled, None) if which == "train" else (rows_loader(8), unlabelled)
+    with pytest.raises(ValueError, match=rf"the {which} loader's batches have no 'labels'.*make_loader"):
+        fit(model, *loaders, epochs=1, lr=1e-3, device="cpu", progress=False)
+    assert same_state(state(model), before)
+
+
+def test_same_seed_same_run_whatever_ran_before_the_model_was_built():
+    """build_classifier(seed=s) + fit(seed=s): the head too is a function of the seed, not of the RNG's past."""
+    results = []
+    for noise in (0, 1000, 1000):
+        torch.rand(noise)  # whatever ran before: other code drawing random numbers
+        model = SequenceClassifier(make_encoder(), 3, seed=7 if len(results) < 2 else 8)
+        head = state(model.classifier)
+        fit(model, rows_loader(8), epochs=1, lr=1e-3, seed=3, device="cpu", progress=False)
+        results.append((head, state(model)))
+    assert same_state(results[0][0], results[1][0]) and same_state(results[0][1], results[1][1])
+    assert not same_state(results[1][0], results[2][0])  # another seed, another head
+
+
+def test_build_classifier_passes_the_seed_to_the_head(monkeypatch):
+    encoder = make_encoder()  # seeds torch itself: built once, outside the loop
+    monkeypatch.setattr(models, "load_encoder", lambda name=None, **kwargs: (copy.deepcopy(encoder), "tokenizer"))
+    heads = []
+    for noise in (0, 100):
+        torch.rand(noise)
+        model, tokenizer = models.build_classifier(num_labels=3, seed=11)
+        heads.append(state(model.classifier))
+    assert tokenizer == "tokenizer" and same_state(*heads)
+
+
+# --- mixed precision: a GradScaler is unscaled before clipping (issue 10, item 7) ---------------------------
+
+
+def test_a_grad_scaler_changes_nothing_but_the_backward_scale(monkeypatch):
+    """fp16 needs loss scaling; unscaling before clipping and stepping must give the unscaled run's weights."""
+    import ftlib.device
+
+    runs = []
+    for scaled in (False, True):
+        monkeypatch.setattr(ftlib.device, "needs_grad_scaler", lambda device, scaled=scaled: scaled)
+        model, seen = no_dropout_model(), []
+        model.classifier.weight.register_hook(lambda g, seen=seen: seen.append(g.abs().max().item()))
+        fit(model, DataLoader(Toy(32, 0), batch_size=8), epochs=1, lr=1e-3, max_grad_norm=1e-3, progress=False,
+            device="cpu")
+        runs.append((seen, model.state_dict()))
+    (plain, a), (scaled, b) = runs
+    assert scaled[0] == pytest.approx(plain[0] * 2.0**16, rel=1e-5)  # backward ran on the scaled loss
+    for name, t in a.items():
+        torch.testing.assert_close(b[name], t, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(lr=0), ValueError, r"lr must be a positive number, got 0: e\.g\. lr=5e-05"),
+    (dict(lr=-1e-3), ValueError, "lr must be a positive number"),
+    (dict(lr=True), ValueError, "lr must be a positive number"),
+    (dict(lr=1e-3, patience=0), ValueError, "patience must be None .* or a positive int, got 0"),
+])
+def test_bad_rates_and_patience_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fit(make_model(), rows_loader(8), rows_loader(4), epochs=1, device="cpu", progress=False, **kwargs)
+
+
+def test_batches_that_are_not_dicts_are_refused_naming_make_loader():
+    rows = Rows(8)
+    tuples = DataLoader(torch.utils.data.TensorDataset(rows.ids, rows.mask, rows.labels), batch_size=4)
+    with pytest.raises(TypeError, match=r"the train loader's batches must be dicts .*got list: .*make_loader"):
+        fit(make_model(), tuples, epochs=1, lr=1e-3, device="cpu", progress=False)
