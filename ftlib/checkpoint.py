@@ -181,6 +181,10 @@ def peak_lr(meta: dict) -> float:
     return max(g.get("initial_lr", g["lr"]) for g in meta["optimizer"]["param_groups"])
 
 
+STATE_KEYS = ("epoch", "step", "stop", "history", "optimizer", "scheduler", "rng", "trainable", "callbacks",
+              "architecture", "strategies")  # what state.json must hold for a resume (checked before one)
+
+
 def _run_snapshot(state, rng: tuple[dict[str, torch.Tensor], dict]):
     """Tensors and JSON that let a run continue exactly where it stopped; `rng` is pack_ranks' output."""
     opt_tensors, opt_meta = _flatten_optimizer(state.optimizer)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .checkpoint import STATE_KEYS
 from .lora import apply_lora, load_lora, lora_settings, save_lora
 from .models import EMBEDDED_NAME, build_classifier
 from .params import load_trainable, save_trainable
@@ -236,8 +237,6 @@ def load_task(folder: str | Path, device: str | torch.device | None = None) -> T
     return Task(model, tokenizer, card, folder)
 
 
-CHECKPOINT_STATE_KEYS = ("epoch", "step", "history", "best", "bad_epochs", "stopped", "optimizer", "scheduler",
-                         "rng", "trainable", "callbacks")
 
 
 def check_checkpoint(folder: str | Path) -> Path | None:
@@ -250,7 +249,7 @@ def check_checkpoint(folder: str | Path) -> Path | None:
     target = folder / latest.read_text(encoding="utf-8", errors="replace").strip()
     if not target.is_dir():
         raise FileNotFoundError(f"{latest} points at {target}, which is missing; {fix}")
-    read_json(target / "state.json", CHECKPOINT_STATE_KEYS, fix)
+    read_json(target / "state.json", STATE_KEYS, fix)
     for name in ("model", "optimizer", "rng"):
         check_safetensors(target / f"{name}.safetensors", fix)
     return target
