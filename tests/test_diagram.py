@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 
-from ftlib.diagram import BOXES, HIGHLIGHTS, TRAINED, WEIGHTS, draw_bert_layer, highlight_for  # noqa: E402
+from ftlib.diagram import ALIASES, BOXES, HIGHLIGHTS, TRAINED, WEIGHTS, draw_bert_layer, highlight_for  # noqa: E402
 from ftlib.strategies import STRATEGIES  # noqa: E402
 
 BRIEF_NAMES = ["lora", "prefix", "adapters", "prompt", "feature-extraction", "bitfit", "ln-tuning", "ia3", "full"]
@@ -33,8 +33,9 @@ def trained_boxes(name):
     return {box for box, color in faces.items() if color == to_hex(TRAINED)}
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("name", sorted({*STRATEGIES, *HIGHLIGHTS, *ALIASES}))
 def test_every_registry_strategy_draws_and_highlights_what_it_trains(name):
+    """Every registry name (read at test time: a new strategy without a diagram fails here) and every alias."""
     faces, highlighted = drawn(name)
     colored = {box for box, color in faces.items() if color == to_hex(TRAINED)}
     assert colored, f"{name}: nothing highlighted"
