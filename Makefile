@@ -15,13 +15,14 @@ endif
 BIN := $(ENV)/bin
 STAMP := $(ENV)/.ftlib-installed
 
-.PHONY: env test compare lab lint student clean-env help
+.PHONY: env test compare lab lint student grade clean-env help
 help:
 	@echo "make compare  - fine-tune every strategy on the embedded model and data, print the table"
 	@echo "make test     - library tests and every notebook under nbval"
 	@echo "make lab      - JupyterLab on notebooks/"
 	@echo "make lint     - ruff"
-	@echo "make student  - regenerate notebooks/student/ (solutions stubbed, outputs cleared)"
+	@echo "make student  - regenerate notebooks/student/ with nbgrader (solutions stubbed, outputs cleared)"
+	@echo "make grade SUBMISSION=path/to/NN_topic.ipynb - autograde a student's chapter with nbgrader"
 
 env: $(STAMP)
 
@@ -46,6 +47,10 @@ lint: env
 
 student: env
 	$(BIN)/python tools/make_student.py
+
+grade: env
+	@test -n "$(SUBMISSION)" || { echo "usage: make grade SUBMISSION=path/to/NN_topic.ipynb" >&2; exit 2; }
+	$(BIN)/python tools/grade.py "$(SUBMISSION)"
 
 clean-env:
 	rm -rf $(ENV)
