@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from tqdm.auto import tqdm
 
@@ -16,10 +18,33 @@ def model_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
 
+@functools.cache
+def _notebook_bar() -> type | None:
+    """In Jupyter, a tqdm widget that leaves its final state as one line of text when it closes, so a saved
+    notebook reads "100%| 32/32" instead of the widget's "0%|" fallback (docs/progress-bars.md); else None."""
+    from tqdm.notebook import tqdm as notebook_tqdm
+    if not issubclass(tqdm, notebook_tqdm):
+        return None
+    from IPython.display import display
+
+    class NotebookBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, display=False, **kwargs)
+            self._handle = None if self.disable else display(self.container, display_id=True)
+
+        def close(self):
+            handle, self._handle = getattr(self, "_handle", None), None
+            super().close()
+            if handle is not None:
+                handle.update({"text/plain": self.format_meter(**{**self.format_dict, "ascii": True})}, raw=True)
+
+    return NotebookBar
+
+
 def progress_bar(iterable=None, *, progress: bool = True, **kwargs):
     """A tqdm bar that redraws at most once a second: in Jupyter every redraw is ~3 kernel messages, and an
     unread backlog over ZeroMQ's limit (~5,000) is dropped, the cell's "done" signal with it (nbval hangs)."""
-    return tqdm(iterable, leave=False, disable=not progress, mininterval=1.0, **kwargs)
+    return (_notebook_bar() or tqdm)(iterable, leave=False, disable=not progress, mininterval=1.0, **kwargs)
 
 
 def first_batch(loader):
