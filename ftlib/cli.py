@@ -33,10 +33,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-dir", type=Path, default=None, help="save a crash-safe checkpoint every epoch")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     _common(t)
-    c = sub.add_parser("compare", help="train several strategies on the same data and print one table")
-    c.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated names (default: all)")
-    c.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1 for mean and spread")
-    _common(c)
+    # --- begin: compare / sweep / study (issue 12; owned by ftlib/compare.py) ---
+    from .compare import register_cli
+
+    register_cli(sub, _common)
+    # --- end: compare / sweep / study ---
     return p
 
 
@@ -60,23 +61,11 @@ def _train(args, kwargs) -> None:
     print(f"\nwritten: {args.output}/train_{args.strategy}.json, history_{args.strategy}.json")
 
 
-def _compare(args, kwargs) -> None:
-    from .compare import compare, format_table
-
-    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    df = compare(names, seeds=args.seeds, output=args.output, **kwargs)
-    r = df.iloc[0]
-    print(f"\nprofile {r['profile']} on {r['device']}, seeds {args.seeds}; "
-          f"TREC-6 probe accuracy before fine-tuning {df.attrs['probe_base_accuracy']:.3f}\n")
-    print(format_table(df))
-    print(f"\nwritten: {args.output}/results.csv, results.json, summary.csv and PNG plots")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     kwargs = dict(profile=args.profile, model_name=args.model, device=args.device, progress=not args.no_progress)
     try:
-        (_train if args.command == "train" else _compare)(args, kwargs)
+        (_train if args.command == "train" else args.handler)(args, kwargs)  # handler: see register_cli
     except (ValueError, OSError, ModuleNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ stopped and resumed. What varies with what:
 from __future__ import annotations
 
 import copy
+import json
 import math
 import statistics
 import sys
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -282,9 +284,11 @@ def labels_record(ctx: Context) -> dict[str, list[int]]:
 # --- many runs, cached ---------------------------------------------------------------------------------
 
 
-def ensure(ctx: Context, keys: Sequence[RunKey], root: str | Path, progress: bool = True,
-           log=print) -> list[dict]:
-    """The record of every key: loaded when it exists, else run and saved at once (resumable)."""
+def ensure(ctx: Context, keys: Sequence[RunKey], root: str | Path, log=print) -> list[dict]:
+    """The record of every key: loaded when it exists, else run and saved at once (resumable).
+
+    `log` gets one line per run (a bounded number of messages, also in Jupyter); None is silent."""
+    progress = log is not None
     out, todo = [], [k for k in keys if not has_record(root, k)]
     if progress and keys:
         log(f"{len(keys) - len(todo)} of {len(keys)} runs cached under {root}; {len(todo)} to run")
@@ -329,17 +333,15 @@ def lr_grid(name: str, factors: Sequence[float] = LR_FACTORS) -> list[float]:
 
 
 def sweep(ctx: Context, strategies: Sequence[str], root: str | Path, lrs: Sequence[float] | None = None,
-          factors: Sequence[float] = LR_FACTORS, seeds: int = 1, progress: bool = True):
+          factors: Sequence[float] = LR_FACTORS, seeds: int = 1, log=print):
     """Try each strategy at every rate of its grid; pick the best mean validation accuracy (ties: the recipe's).
 
     Returns (chosen {strategy: lr}, frame of strategy, lr, val_accuracy mean, chosen)."""
-    import pandas as pd
-
     rows, chosen = [], {}
     for name in strategies:
         grid = sorted(lrs) if lrs else lr_grid(name, factors)
         keys = [RunKey(name, ctx.profile.name, s, lr, 0, None, ctx.model_name) for lr in grid for s in range(seeds)]
-        recs = ensure(ctx, keys, root, progress)
+        recs = ensure(ctx, keys, root, log)
         by_lr = {lr: float(np.mean([r["metrics"]["val_accuracy"] for r in recs if r["key"]["lr"] == lr])) for lr in grid}
         default = get_recipe(name).lr
         best = max(grid, key=lambda lr: (by_lr[lr], lr == default))
@@ -363,3 +365,138 @@ def learning_curve_keys(ctx: Context, strategies: Sequence[str] | None = None, s
             keys += [RunKey(n, ctx.profile.name, s, (lrs or {}).get(n, get_recipe(n).lr), 0, size, ctx.model_name)
                      for n in strategies]
     return keys
+
+
+# --- learning curves -----------------------------------------------------------------------------------
+
+
+def curve_frame(records: Sequence[dict]):
+    """One row per run: strategy, training examples, seed, test accuracy (baselines included)."""
+    return pd.DataFrame([{"strategy": r["key"]["strategy"], "n": r["train_examples"], "seed": r["key"]["seed"],
+                          "test_accuracy": r["metrics"]["test_accuracy"]} for r in records])
+
+
+def crossing_points(curves: pd.DataFrame) -> pd.DataFrame:
+    """Where two mean learning curves cross: training-set size by log-linear interpolation between sizes.
+
+    Returns rows (a, b, n, below, above): below n the `below` strategy is ahead, above it `above` is."""
+    mean = curves.groupby(["strategy", "n"])["test_accuracy"].mean().unstack("n")  # (strategies, sizes)
+    rows = []
+    names = list(mean.index)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            d = (mean.loc[a] - mean.loc[b]).dropna()  # a - b at each size both have
+            sizes, gaps = list(d.index), list(d.values)
+            for (n0, g0), (n1, g1) in zip(zip(sizes, gaps, strict=True), zip(sizes[1:], gaps[1:], strict=True),
+                                          strict=False):
+                if g0 == 0 or g0 * g1 >= 0:
+                    continue
+                t = g0 / (g0 - g1)  # where the straight line between the gaps meets 0, in log(n)
+                n = math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0)))
+                rows.append({"a": a, "b": b, "n": n, "below": a if g0 > 0 else b, "above": b if g0 > 0 else a})
+    return pd.DataFrame(rows, columns=["a", "b", "n", "below", "above"])
+
+
+# --- the study command ---------------------------------------------------------------------------------
+
+
+def run_study(profile: str | None = None, seeds: int = 5, results: str | Path | None = None,
+              strategies: Sequence[str] | None = None, device: str | None = None, model_name: str | None = None,
+              sweep_lrs: bool = True, curves: bool = True, curve_seeds: int | None = None,
+              curve_sizes: Sequence[int | None] = CURVE_SIZES, memory: bool = True, data_seeds: int = 1,
+              n_boot: int = 10_000, log=print) -> Path:
+    """Sweep learning rates, run every strategy for `seeds` seeds at its chosen rate, the learning curves and
+    the memory measurements, then write the summary: resumable, each finished run is kept on disk."""
+    from .compare import chosen_lrs_path
+    from .results import machine, machine_name, versions, write_json
+
+    t0 = time.perf_counter()
+    names = check_strategies(strategies or strategy_names())
+    ctx = load_context(profile, device, model_name)
+    root = Path(results or Path("results") / f"{ctx.profile.name}-{machine_name(ctx.device)}")
+    log(f"study: profile {ctx.profile.name}, {len(names)} strategies, {seeds} seeds, on {describe(ctx.device)}; "
+        f"results in {root}")
+    chosen = {}
+    if sweep_lrs:
+        log("1/4 learning-rate sweep (seed 0, validation accuracy)")
+        chosen, grid = sweep(ctx, names, root, log=log)
+        write_json(chosen_lrs_path(root, ctx.profile.name), chosen)
+        grid.to_csv(root / "lr_sweep.csv", index=False)
+    log("2/4 every strategy, every seed, at its chosen rate; baselines")
+    main = ensure(ctx, run_keys(ctx, names, seeds, chosen, data_seeds), root, log)
+    curve_records = []
+    if curves:
+        log("3/4 learning curves")
+        keys = learning_curve_keys(ctx, sizes=curve_sizes, seeds=curve_seeds or seeds, lrs=chosen)
+        curve_records = ensure(ctx, keys, root, log)
+    mem = {}
+    if memory:
+        log("4/4 measured training memory")
+        mem = measure_all(names, root / "memory.json", ctx, log)
+    write_study(root, main, curve_records, mem, chosen, n_boot)
+    info = {"profile": ctx.profile.name, "seeds": seeds, "data_seeds": data_seeds, "strategies": names,
+            "chosen_lrs": chosen, "command": " ".join(sys.argv), "wall_seconds_this_call": time.perf_counter() - t0,
+            "device": describe(ctx.device), "machine": machine(ctx.device), "versions": versions()}
+    write_json(root / "machine.json", info)
+    log(f"done in {time.perf_counter() - t0:.0f} s: {root}/summary.md")
+    return root
+
+
+def measure_all(names: Sequence[str], path: Path, ctx: Context, log=print) -> dict:
+    """Measured training memory per strategy, cached in one JSON file (a strategy measured once is kept)."""
+    from .memory import measure_training_memory
+    from .results import write_json
+
+    mem = json.loads(path.read_text()) if path.is_file() else {}
+    for name in names:
+        if name in mem:
+            continue
+        mem[name] = measure_training_memory(name, profile=ctx.profile.name, device=str(ctx.device),
+                                            model_name=ctx.model_name)
+        write_json(path, mem)
+        if log is not None:
+            log(f"memory {name}: measured {mem[name]['measured_bytes'] / 2**20:.0f} MB, "
+                f"accounted {mem[name]['accounted_bytes'] / 2**20:.0f} MB")
+    return mem
+
+
+def write_study(root: Path, records: Sequence[dict], curve_records: Sequence[dict], memory: dict,
+                chosen: dict, n_boot: int = 10_000) -> None:
+    """summary.md, the tables as CSV and the plots, from records."""
+    from .compare import RULES, report_tables, strategy_table, verdicts
+    from .plots import plot_accuracy_ci, plot_learning_curves, plot_memory
+
+    table = strategy_table(records, memory, n_boot)
+    table.to_csv(root / "table.csv")
+    ver = verdicts(records, memory, n_boot)
+    ver.to_csv(root / "verdicts.csv", index=False)
+    parts = report_tables(table)
+    plot_accuracy_ci(table).savefig(root / "accuracy.png", dpi=120)
+    lines = [f"# Study: profile {records[0]['key']['profile']}", "",
+             "Accuracy (mean±std over seeds; Δ vs full with its 95% paired-bootstrap interval; exact McNemar p):", "",
+             parts["accuracy"].pipe(markdown), "", "Cost and deployment (shares of base model + head):", "",
+             parts["cost"].pipe(markdown), "", "Verdicts (" + RULES["verdict"] + "):", "",
+             ver.drop(columns=["low", "high"]).pipe(markdown, index=False), "", "Rules:", ""]
+    lines += [f"- {k}: {v}" for k, v in RULES.items()]
+    if chosen:
+        lines += ["", "Chosen learning rates: " + ", ".join(f"{k} {v:.3g}" for k, v in chosen.items())]
+    if memory:
+        plot_memory(table).savefig(root / "memory.png", dpi=120)
+    if curve_records:
+        curves = curve_frame(curve_records)
+        curves.to_csv(root / "learning_curves.csv", index=False)
+        cross = crossing_points(curves[~curves.strategy.isin(("majority",))])
+        cross.to_csv(root / "crossings.csv", index=False)
+        plot_learning_curves(curves, cross).savefig(root / "learning_curves.png", dpi=120)
+        lines += ["", "Learning-curve crossings (training examples):", "",
+                  cross.round({"n": 0}).pipe(markdown, index=False) if len(cross) else "none"]
+    (root / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def markdown(df: pd.DataFrame, index: bool = True) -> str:
+    """A GitHub-flavoured markdown table (no extra dependency)."""
+    frame = df.reset_index() if index else df
+    cells = [[str(c) for c in frame.columns]] + [["" if pd.isna(v) else (f"{v:.4g}" if isinstance(v, float) else str(v))
+                                                 for v in row] for row in frame.itertuples(index=False)]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join([lines[0], "|" + "---|" * len(cells[0]), *lines[1:]])

@@ -277,3 +277,70 @@ def test_strategy_table_statistics_over_seeds():
     assert {"majority", "tfidf-logreg"} <= set(t.index)
     text = format_report(records, n_boot=500)
     assert "±" in text and "majority" in text and "tfidf-logreg" in text and "McNemar" in text
+
+
+# --- what gets deployed: stored per task, beside the shared base model -----------------------------------
+
+
+def test_stored_tensors_are_what_differs_from_the_base_model():
+    import copy
+
+    from ftlib.lora import apply_lora
+    from ftlib.study import inference_form, storage_form, stored_tensors
+
+    base = make_model(num_labels=2)
+    model = apply_lora(copy.deepcopy(base), rank=4, targets=("query", "value"))
+    with torch.no_grad():
+        model.classifier.weight.add_(1.0)  # the head trained
+        model.classifier.bias.add_(1.0)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1)  # and the updates
+    stored = stored_tensors(storage_form(model), base)
+    h, layers, r = 32, 2, 4
+    assert sum(t.numel() for t in stored.values()) == layers * 2 * r * (h + h) + (h * 2 + 2)
+    assert all("lora_" in n or n.startswith("classifier.") for n in stored)
+    merged = inference_form(copy.deepcopy(model))  # merged: the query/value weights now differ instead
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    assert sum(t.numel() for t in stored_tensors(merged, base).values()) == layers * 2 * h * h + (h * 2 + 2)
+
+
+def test_stored_prefix_is_the_baked_prefix_not_the_training_mlp():
+    import copy
+
+    from ftlib.prefix_tuning import apply_prefix_tuning
+    from ftlib.study import storage_form, stored_tensors
+
+    base = make_model(num_labels=2)
+    model = apply_prefix_tuning(copy.deepcopy(base), prefix_length=5, projection_dim=16)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    stored = stored_tensors(storage_form(model), base)  # head unchanged: only the prefix differs
+    assert sum(t.numel() for t in stored.values()) == 5 * 2 * 2 * 32  # P * 2 (keys, values) * L * H
+    assert sum(t.numel() for t in stored.values()) < trainable
+
+
+def test_full_fine_tuning_stores_only_the_tensors_that_moved():
+    import copy
+
+    from ftlib.study import stored_tensors
+
+    base = make_model(num_labels=2)
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        model.encoder.encoder.layer[0].attention.self.query.bias.add_(1e-3)
+    assert list(stored_tensors(model, base)) == ["encoder.encoder.layer.0.attention.self.query.bias"]
+
+
+def test_crossing_points_are_computed_on_a_log_scale():
+    from ftlib.study import crossing_points
+
+    rows = []
+    for n, a, b in [(100, 0.6, 0.7), (1000, 0.8, 0.7), (10000, 0.9, 0.75)]:
+        rows += [{"strategy": "a", "n": n, "seed": 0, "test_accuracy": a},
+                 {"strategy": "b", "n": n, "seed": 0, "test_accuracy": b},
+                 {"strategy": "c", "n": n, "seed": 0, "test_accuracy": a + 0.5}]
+    cross = crossing_points(pd.DataFrame(rows))
+    ab = cross[(cross.a == "a") & (cross.b == "b")].iloc[0]
+    assert ab.n == pytest.approx(10 ** 2.5)  # gaps -0.1 at 100 and +0.1 at 1000: halfway in log10
+    assert (ab.below, ab.above) == ("b", "a")
+    assert len(cross) == 1  # c is ahead of both everywhere: no crossing
