@@ -104,6 +104,7 @@ def write_json(path: str | Path, obj) -> Path:
             json.dump(obj, f, separators=(",", ":"), default=str)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; records are shared and committed
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

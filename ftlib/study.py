@@ -203,6 +203,7 @@ def deployment(ctx: Context, model: nn.Module, trained: int) -> dict:
     return {"trained": trained, "stored": n_stored, "denominator": ctx.base_total,
             "trained_percent": 100 * trained / ctx.base_total, "stored_percent": 100 * n_stored / ctx.base_total,
             "disk_bytes": disk, "stored_names": sorted(stored)[:50],
+            "inference_params": count_parameters(deployed).total,  # == denominator: nothing added at inference
             "inference_seconds": min(ours_s), "base_inference_seconds": min(base_s),
             "inference_ratio": min(ours_s) / min(base_s)}
 
