@@ -19,6 +19,7 @@ from ftlib.forgetting import RetentionProbe, linear_cka, linear_probe_accuracy  
 from ftlib.full import apply_full  # noqa: E402
 from ftlib.models import embedded_model_path  # noqa: E402
 from ftlib.spectrum import energy_kept, rank_for_energy, singular_values, weight_updates  # noqa: E402
+from ftlib.strategies import get_recipe  # noqa: E402
 
 
 def test_cka_is_one_for_the_same_geometry_and_lower_for_unrelated():
@@ -344,3 +345,63 @@ def test_crossing_points_are_computed_on_a_log_scale():
     assert ab.n == pytest.approx(10 ** 2.5)  # gaps -0.1 at 100 and +0.1 at 1000: halfway in log10
     assert (ab.below, ab.above) == ("b", "a")
     assert len(cross) == 1  # c is ahead of both everywhere: no crossing
+
+
+def test_learning_curve_epochs_give_every_size_the_profiles_step_budget():
+    from ftlib.data import from_lists
+    from ftlib.profiles import PROFILES
+    from ftlib.results import RunKey
+    from ftlib.study import MAX_EPOCHS, Context
+
+    train = from_lists([f"review {i}" for i in range(8058)], [i % 2 for i in range(8058)], ["neg", "pos"])
+    ctx = Context(PROFILES["quick"], torch.device("cpu"), None, {"train": train}, {}, None, None, None, 1)
+    key = lambda n: RunKey("full", "quick", lr=1e-3, train_size=n)  # noqa: E731
+    assert ctx.epochs_for(key(None)) == 2  # the profile's own run: 2 epochs x 32 steps = 64 steps
+    assert ctx.epochs_for(key(100)) == 16  # 4 steps an epoch -> 16 epochs = 64 steps
+    assert ctx.epochs_for(key(3000)) == 2  # never fewer than the profile's epochs
+    assert ctx.epochs_for(key(10)) == MAX_EPOCHS  # capped
+    assert ctx.epochs_for(RunKey("full", "quick", lr=1e-3, train_size=100, epochs=3)) == 3  # explicit wins
+    assert len(ctx.train_set(100)) == 100 and ctx.train_set(100) == ctx.train_set(100, data_seed=0)
+    assert ctx.train_set(100).texts != ctx.train_set(100, data_seed=1).texts  # data_seed picks the subset
+
+
+def _tiny_context():
+    from ftlib.data import from_lists
+    from ftlib.profiles import PROFILES
+    from ftlib.study import Context
+
+    train = from_lists([f"review {i}" for i in range(300)], [i % 2 for i in range(300)], ["neg", "pos"])
+    return Context(PROFILES["quick"], torch.device("cpu"), None, {"train": train, "test": train}, {}, None, None,
+                   None, 1)
+
+
+def test_seeds_vary_initialisation_only_and_data_seeds_the_subset():
+    from ftlib.study import run_keys
+
+    keys = run_keys(_tiny_context(), ["full", "lora"], seeds=3)
+    trained = [k for k in keys if k.lr is not None]
+    assert {k.data_seed for k in keys} == {0} and sorted({k.seed for k in trained}) == [0, 1, 2]
+    assert {k.strategy for k in keys} == {"full", "lora", "majority", "tfidf-logreg"}
+    more = run_keys(_tiny_context(), ["full"], seeds=1, data_seeds=2)
+    assert {k.data_seed for k in more} == {0, 1}
+    assert {k.lr for k in trained if k.strategy == "lora"} == {get_recipe("lora").lr}
+
+
+def test_ensure_runs_only_missing_records_so_a_study_resumes(tmp_path, monkeypatch):
+    from ftlib import study
+    from ftlib.results import RunKey
+
+    calls = []
+
+    def fake_run(ctx, key, progress=False):
+        calls.append(key)
+        return {"metrics": {"test_accuracy": 0.5}, "predictions": {}}
+
+    monkeypatch.setattr(study, "run_record", fake_run)
+    monkeypatch.setattr(study, "labels_record", lambda ctx: {})
+    ctx = _tiny_context()
+    keys = [RunKey("full", "quick", s, 1e-3) for s in range(3)]
+    study.ensure(ctx, keys[:2], tmp_path, log=None)
+    assert len(calls) == 2
+    recs = study.ensure(ctx, keys, tmp_path, log=None)  # the first two exist: only seed 2 runs
+    assert [k.seed for k in calls] == [0, 1, 2] and [r["key"]["seed"] for r in recs] == [0, 1, 2]
