@@ -45,7 +45,7 @@ MAX_EPOCHS = 40  # learning curves: a 100-example set would otherwise need hundr
 LR_FACTORS = (1 / 3, 1.0, 3.0)  # the default grid around a recipe's rate: half a decade each way
 CURVE_STRATEGIES = ("full", "feature-extraction", "lora", "adapters")
 CURVE_SIZES = (100, 300, 1000, 3000, None)  # None = all 8,058
-INFERENCE_BATCHES = 5  # batches timed per model for the inference ratio (medians)
+INFERENCE_BATCHES = 3  # batches timed per model for the inference ratio (best of two interleaved rounds)
 
 
 def strategy_names() -> list[str]:
