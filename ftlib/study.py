@@ -435,8 +435,11 @@ def run_study(profile: str | None = None, seeds: int = 5, results: str | Path | 
         log("4/4 measured training memory")
         mem = measure_all(names, root / "memory.json", ctx, log)
     write_study(root, main, curve_records, mem, chosen, n_boot)
+    previous = json.loads((root / "machine.json").read_text()) if (root / "machine.json").is_file() else {}
+    wall = time.perf_counter() - t0
     info = {"profile": ctx.profile.name, "seeds": seeds, "data_seeds": data_seeds, "strategies": names,
-            "chosen_lrs": chosen, "command": " ".join(sys.argv), "wall_seconds_this_call": time.perf_counter() - t0,
+            "chosen_lrs": chosen, "command": "python -m ftlib " + " ".join(sys.argv[1:]),
+            "wall_seconds_this_call": wall, "wall_seconds_total": previous.get("wall_seconds_total", 0) + wall,
             "device": describe(ctx.device), "machine": machine(ctx.device), "versions": versions()}
     write_json(root / "machine.json", info)
     log(f"done in {time.perf_counter() - t0:.0f} s: {root}/summary.md")
