@@ -405,3 +405,28 @@ def test_ensure_runs_only_missing_records_so_a_study_resumes(tmp_path, monkeypat
     assert len(calls) == 2
     recs = study.ensure(ctx, keys, tmp_path, log=None)  # the first two exist: only seed 2 runs
     assert [k.seed for k in calls] == [0, 1, 2] and [r["key"]["seed"] for r in recs] == [0, 1, 2]
+
+
+def test_write_study_writes_the_summary_tables_and_plots(tmp_path):
+    from ftlib.study import write_study
+
+    records = [_record("full", seed=s, wrong=range(0, 200 + 10 * s)) for s in range(2)]
+    records += [_record("lora", seed=s, wrong=range(0, 210), trained=0.3) for s in range(2)]
+    records += [_majority(), _record("tfidf-logreg", wrong=range(0, 500))]
+    curves = []
+    for n, (wf, wl) in {100: (900, 700), 1000: (200, 400)}.items():  # lora ahead on little data, full on more
+        for name, wrong in (("full", wf), ("lora", wl)):
+            rec = _record(name, wrong=range(wrong))
+            rec["train_examples"] = n
+            curves.append(rec)
+    memory = {"full": {"measured_bytes": 3e8, "accounted_bytes": 1e8}, "lora": {"measured_bytes": 2e8,
+                                                                              "accounted_bytes": 3e7}}
+    write_study(tmp_path, records, curves, memory, {"full": 5e-5, "lora": 1e-3}, n_boot=300)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"summary.md", "table.csv", "verdicts.csv", "accuracy.png", "memory.png", "learning_curves.csv",
+            "crossings.csv", "learning_curves.png"} <= names
+    cross = pd.read_csv(tmp_path / "crossings.csv")
+    assert cross[["below", "above"]].values.tolist() == [["lora", "full"]] and 100 < cross.n[0] < 1000
+    text = (tmp_path / "summary.md").read_text()
+    assert "| full |" in text and "Chosen learning rates: full 5e-05, lora 0.001" in text
+    assert pd.read_csv(tmp_path / "table.csv", index_col=0).loc["full", "measured_mb"] == pytest.approx(3e8 / 2**20)
