@@ -419,7 +419,8 @@ def register_cli(sub, common) -> None:
 
     def results_arg(p, default):
         p.add_argument("--results", dest="output", type=_Path, default=default,
-                       help=f"results folder: one JSON record per run, reused when it exists (default: {default})")
+                       help="results folder: one JSON record per run, reused when it exists (default: "
+                            f"{default or 'results/<profile>-<machine>'}; --output is the same)")
 
     c = sub.add_parser("compare", help="train several strategies on the same data: statistics, baselines, verdicts")
     c.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated names (default: all)")

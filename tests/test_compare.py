@@ -430,3 +430,31 @@ def test_write_study_writes_the_summary_tables_and_plots(tmp_path):
     text = (tmp_path / "summary.md").read_text()
     assert "| full |" in text and "Chosen learning rates: full 5e-05, lora 0.001" in text
     assert pd.read_csv(tmp_path / "table.csv", index_col=0).loc["full", "measured_mb"] == pytest.approx(3e8 / 2**20)
+
+
+def test_cli_study_sweep_and_compare_pass_their_options(monkeypatch, tmp_path):
+    from ftlib import cli, study
+    from ftlib import compare as compare_module
+
+    calls = {}
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: calls.update(study=(a, k)))
+    argv = ["study", "--seeds", "3", "--strategies", "full, lora", "--no-memory", "--curve-sizes", "100,all",
+            "--results", str(tmp_path), "--device", "cpu", "--profile", "quick"]
+    assert cli.main(argv) == 0
+    a, k = calls["study"]
+    assert a[:5] == ("quick", 3, tmp_path, ["full", "lora"], "cpu")
+    assert k["memory"] is False and k["curves"] is True and k["curve_sizes"] == [100, None]
+    assert cli.main(["study", "--device", "cpu", "--strategies", "full"]) == 0  # default folder: the study's own
+    assert calls["study"][0][2] is None  # -> results/<profile>-<machine>
+
+    def fake_compare(names, **kwargs):
+        calls["compare"] = (names, kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(compare_module, "compare", fake_compare)
+    assert cli.main(["compare", "--strategies", "full,lora", "--lr-grid", "--lrs", "1e-4,1e-3",
+                     "--results", str(tmp_path), "--device", "cpu"]) == 2
+    names, kwargs = calls["compare"]
+    assert names == ["full", "lora"] and kwargs["lr_grid"] is True and kwargs["lrs"] == [1e-4, 1e-3]
+    assert kwargs["output"] == tmp_path
+    assert cli.main(["sweep", "--strategies", "nope", "--device", "cpu"]) == 2  # typo: fails before any work
