@@ -5,8 +5,9 @@ holds the activations saved for the backward pass (they grow with batch x sequen
 shrink when weights are frozen: the backward pass still runs through every layer above the lowest
 trained tensor), temporary buffers, and the allocator's slack.
 - CUDA: torch.cuda.max_memory_allocated over the steps, minus what was allocated before the model.
-- CPU: a child process imports everything, notes its resident set size (RSS), builds the model, trains
-  the steps, and reports its peak RSS (resource.getrusage) minus the RSS before the model.
+- CPU: a child process imports everything, notes its resident set size (RSS), resets the kernel's peak
+  mark (Linux: /proc/self/clear_refs), builds the model, trains the steps, and reports its peak RSS
+  (VmHWM; elsewhere resource.getrusage) minus the RSS before the model.
 """
 
 from __future__ import annotations
@@ -33,9 +34,25 @@ def _rss_bytes() -> int:
             return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _reset_peak_rss() -> bool:
+    """Linux: set the peak-RSS mark (VmHWM) to the current RSS, so transients of imports do not count."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+    """VmHWM on Linux (reset by _reset_peak_rss); elsewhere getrusage's lifetime peak."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(ln for ln in f if ln.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
 
 
 def _train_steps(strategy: str, steps: int, profile: str | None, model_name: str | None, device, lr: float | None):
@@ -85,8 +102,11 @@ def measure_here(strategy: str, steps: int = STEPS, profile: str | None = None, 
     else:
         _preload(model_name)
         before = _rss_bytes()  # libraries, tokenizer and data loaded: what remains is the model and training
+        exact = _reset_peak_rss()
         model, prof = _train_steps(strategy, steps, profile, model_name, dev, lr)
-        peak, how = _peak_rss_bytes() - before, "peak RSS of a child process (getrusage)"
+        peak = _peak_rss_bytes() - before
+        how = "peak RSS of a child process (VmHWM after reset)" if exact else \
+            "peak RSS of a child process (getrusage: lifetime peak, imports included)"
     return {"strategy": strategy, "measured_bytes": int(peak), "accounted_bytes": training_memory(model).total,
             "steps": steps, "batch_size": prof.batch_size, "max_length": prof.max_length, "profile": prof.name,
             "device": str(dev), "how": how}
