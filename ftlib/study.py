@@ -139,10 +139,14 @@ def storage_form(model: nn.Module) -> nn.Module:
     return model
 
 
-def inference_form(model: nn.Module) -> nn.Module:
-    """What serves predictions: storage form, LoRA merged into its weights, or the recipe's own `deploy`."""
+def inference_form(model: nn.Module, name: str | None = None) -> nn.Module:
+    """What serves predictions: the recipe's own `deploy(model)` when it has one, else the storage form with
+    LoRA merged into its weights. In place."""
     from .lora import lora_layers, merge_lora
 
+    deploy = getattr(get_recipe(name), "deploy", None) if name else None
+    if deploy is not None:
+        return deploy(model) or model
     storage_form(model)
     if lora_layers(model):
         merge_lora(model)
@@ -184,7 +188,7 @@ def _time_forward(model: nn.Module, batches: list[dict], device) -> float:
     return statistics.median(times)
 
 
-def deployment(ctx: Context, model: nn.Module, trained: int) -> dict:
+def deployment(ctx: Context, model: nn.Module, trained: int, name: str | None = None) -> dict:
     """Parameters trained and stored per task (shares of one denominator), disk bytes, inference time."""
     deployed = storage_form(copy.deepcopy(model))
     stored = stored_tensors(deployed, ctx.base)
@@ -192,7 +196,7 @@ def deployment(ctx: Context, model: nn.Module, trained: int) -> dict:
         path = Path(tmp) / "task.safetensors"
         save_file({n: t.contiguous().cpu() for n, t in stored.items()}, str(path))
         disk = path.stat().st_size
-    inference_form(deployed)
+    deployed = inference_form(deployed, name)
     loader = make_loader(ctx.splits["test"], ctx.tokenizer, ctx.profile.batch_size, ctx.profile.max_length)
     batches = [b for _, b in zip(range(INFERENCE_BATCHES), loader, strict=False)]
     base_s, ours_s = [], []
@@ -254,7 +258,7 @@ def run_record(ctx: Context, key: RunKey, progress: bool = False) -> dict:
                                                    "best_epoch": history.best_epoch},
               "seconds_per_step": history.seconds_per_step, "train_seconds": history.total_seconds,
               "trainable": count.trainable, "total": count.total, "memory_bytes": memory.total,
-              "deployment": deployment(ctx, model, count.trainable)}
+              "deployment": deployment(ctx, model, count.trainable, key.strategy)}
     if before is not None and key.seed == 0:
         record["spectra"] = {n: singular_values(d).tolist() for n, d in weight_updates(before, model).items()}
     record["wall_seconds"] = time.perf_counter() - t0
