@@ -104,11 +104,11 @@ def parser(prog: str = "ftlib") -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     r.add_argument("--batch-size", type=_positive(int), default=32)
     r.add_argument("--json", action="store_true", help="one JSON object per text, with every probability")
-    c = sub.add_parser("compare", help="train several strategies on the same data and print one table",
-                       formatter_class=fmt, epilog=_profile_help())
-    c.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated names (default: all)")
-    c.add_argument("--seeds", type=_positive(int), default=1, help="repeat with seeds 0..N-1 for mean and spread")
-    _common(c)
+    # --- begin: compare / sweep / study (issue 12; owned by ftlib/compare.py) ---
+    from .compare import register_cli
+
+    register_cli(sub, _common)
+    # --- end: compare / sweep / study ---
     return p
 
 
@@ -300,23 +300,6 @@ def _predict(args) -> None:
             print(f"{p.label}\t{p.probability:.3f}\t{p.text}")
 
 
-def _compare(args, kwargs) -> None:
-    from .compare import compare, format_table
-
-    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    if not names:
-        raise ValueError(f"--strategies is empty; give comma-separated names from: {', '.join(STRATEGIES)}")
-    from .task import writable_folder
-
-    output = writable_folder(args.output or Path("results"))  # before training, not after it
-    df = compare(names, seeds=args.seeds, output=output, **kwargs)
-    r = df.iloc[0]
-    print(f"\nprofile {r['profile']} on {r['device']}, seeds {args.seeds}; "
-          f"TREC-6 probe accuracy before fine-tuning {df.attrs['probe_base_accuracy']:.3f}\n")
-    print(format_table(df))
-    print(f"\nwritten: {output}/results.csv, results.json, summary.csv and PNG plots")
-
-
 def _one_line(e: BaseException) -> str:
     text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     return " ".join(str(text).split())
@@ -335,7 +318,7 @@ def main(argv: list[str] | None = None, prog: str = "ftlib") -> int:
             get_device(args.device)  # an unknown or absent device fails before any work
             kwargs = dict(profile=args.profile, model_name=args.model, device=args.device,
                           progress=not args.no_progress)
-            (_train if args.command == "train" else _compare)(args, kwargs)
+            (_train if args.command == "train" else args.handler)(args, kwargs)  # handler: see register_cli
     except (ValueError, TypeError, KeyError, OSError, ModuleNotFoundError, SafetensorError) as e:
         if os.environ.get("FTLIB_TRACEBACK"):
             raise

@@ -36,12 +36,12 @@ def sentence_features(model: nn.Module, texts_or_ds, tokenizer, max_length: int 
     return torch.cat(out)
 
 
-def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                          test_y: torch.Tensor, l2: float = 1e-3, max_iter: int = 200) -> float:
-    """Fit softmax regression with L-BFGS on standardised features; deterministic on the CPU."""
+def linear_probe_predictions(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                             l2: float = 1e-3, max_iter: int = 200, num_classes: int | None = None) -> torch.Tensor:
+    """Fit softmax regression with L-BFGS on standardised features; predicted classes of test_x (deterministic)."""
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     xtr, xte = (train_x - mean) / std, (test_x - mean) / std  # (N, H)
-    classes = int(max(train_y.max(), test_y.max())) + 1
+    classes = num_classes or int(train_y.max()) + 1
     w = torch.zeros(xtr.shape[1], classes, requires_grad=True)  # (H, C)
     b = torch.zeros(classes, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
@@ -54,7 +54,15 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
 
     opt.step(closure)
     with torch.no_grad():
-        return ((xte @ w + b).argmax(-1) == test_y).float().mean().item()
+        return (xte @ w + b).argmax(-1)  # (N_test,)
+
+
+def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                          test_y: torch.Tensor, l2: float = 1e-3, max_iter: int = 200) -> float:
+    """Accuracy of linear_probe_predictions on (test_x, test_y)."""
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    pred = linear_probe_predictions(train_x, train_y, test_x, l2, max_iter, num_classes=classes)
+    return (pred == test_y).float().mean().item()
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -75,6 +83,7 @@ class RetentionProbe:
     max_length: int
     base_accuracy: float = float("nan")
     base_drift_features: torch.Tensor | None = None
+    base_correct: list[bool] | None = None  # per TREC test question: right before fine-tuning (paired tests)
 
     @classmethod
     def build(cls, model, tokenizer, drift_texts, n_train: int | None = 1000, n_test: int | None = 500,
@@ -83,18 +92,24 @@ class RetentionProbe:
         split = stratified_split(load_trec(), (0.8, 0.2), ("train", "test"))
         probe = cls(take_stratified(split["train"], n_train), take_stratified(split["test"], n_test),
                     tuple(drift_texts), max_length)
-        probe.base_accuracy, probe.base_drift_features = probe._measure(model, tokenizer, device)
+        probe.base_correct, probe.base_drift_features = probe._measure(model, tokenizer, device)
+        probe.base_accuracy = sum(probe.base_correct) / len(probe.base_correct)
         return probe
 
-    def _measure(self, model, tokenizer, device) -> tuple[float, torch.Tensor]:
+    def _measure(self, model, tokenizer, device) -> tuple[list[bool], torch.Tensor]:
         feats = [sentence_features(model, ds, tokenizer, self.max_length, device=device)
                  for ds in (self.trec_train, self.trec_test)]
-        acc = linear_probe_accuracy(feats[0], torch.tensor(self.trec_train.labels),
-                                    feats[1], torch.tensor(self.trec_test.labels))
-        return acc, sentence_features(model, self.drift_texts, tokenizer, self.max_length, device=device)
+        labels = torch.tensor(self.trec_test.labels)
+        pred = linear_probe_predictions(feats[0], torch.tensor(self.trec_train.labels), feats[1],
+                                        num_classes=self.trec_train.num_labels)
+        return (pred == labels).tolist(), sentence_features(model, self.drift_texts, tokenizer, self.max_length,
+                                                            device=device)
 
-    def measure(self, model, tokenizer, device="cpu") -> dict[str, float]:
-        """probe accuracy after, forgetting (drop in probe accuracy) and drift (1 - CKA) for a tuned model."""
-        acc, feats = self._measure(model, tokenizer, device)
+    def measure(self, model, tokenizer, device="cpu", correct: bool = False) -> dict:
+        """probe accuracy after, forgetting (drop in probe accuracy) and drift (1 - CKA) for a tuned model;
+        correct=True adds `probe_correct`, right or wrong per TREC test question (for paired tests)."""
+        right, feats = self._measure(model, tokenizer, device)
+        acc = sum(right) / len(right)
         drift = 1.0 - linear_cka(self.base_drift_features, feats)
-        return {"probe_accuracy": acc, "forgetting": self.base_accuracy - acc, "drift": drift}
+        out = {"probe_accuracy": acc, "forgetting": self.base_accuracy - acc, "drift": drift}
+        return {**out, "probe_correct": right} if correct else out

@@ -64,3 +64,55 @@ def plot_spectra(spectra: dict, lora_rank: int = 8, max_rank: int = 64):
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     return fig
+
+
+def plot_accuracy_ci(table: pd.DataFrame):
+    """Test accuracy per strategy with its 95% t-interval over seeds; the baselines as horizontal lines."""
+    base = [b for b in ("majority", "tfidf-logreg") if b in table.index]
+    rows = table.drop(index=base).sort_values("test_accuracy")
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.6))
+    y = range(len(rows))
+    low = (rows["test_accuracy"] - rows["test_t_low"]).fillna(0)
+    high = (rows["test_t_high"] - rows["test_accuracy"]).fillna(0)
+    ax.errorbar(rows["test_accuracy"], y, xerr=[low, high], fmt="o", capsize=3)
+    for name, style in zip(base, (":", "--"), strict=False):
+        ax.axvline(table.loc[name, "test_accuracy"], color="grey", linestyle=style, label=name)
+    ax.set_yticks(list(y), rows.index)
+    ax.set(xlabel="test accuracy (mean, 95% t-interval over seeds)", title="accuracy with its uncertainty")
+    if base:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(curves: pd.DataFrame, crossings: pd.DataFrame | None = None):
+    """Mean test accuracy against training-set size (log scale), min-max over seeds shaded; crossings marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, g in curves.groupby("strategy", sort=False):
+        stats = g.groupby("n")["test_accuracy"].agg(["mean", "min", "max"])
+        style = {"linestyle": ":"} if name in ("majority", "tfidf-logreg") else {"marker": "o"}
+        line, = ax.plot(stats.index, stats["mean"], label=name, **style)
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+    if crossings is not None:
+        for r in crossings.itertuples():
+            ax.axvline(r.n, color="black", alpha=0.25, linewidth=0.8)
+    ax.set(xscale="log", xlabel="training examples", ylabel="test accuracy",
+           title="learning curves (lines: mean over seeds; shade: min-max)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_memory(table: pd.DataFrame):
+    """Accounted (weights + gradients + AdamW) against measured peak training memory, per strategy."""
+    rows = table.dropna(subset=["accounted_mb"])
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], rows["accounted_mb"], width=0.4, label="accounted")
+    if "measured_mb" in rows:
+        ax.bar([i + 0.2 for i in x], rows["measured_mb"], width=0.4, label="measured peak (activations included)")
+    ax.set_xticks(list(x), rows.index, rotation=35, ha="right")
+    ax.set(ylabel="MB", title="training memory")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
