@@ -431,6 +431,7 @@ def register_cli(sub, common) -> None:
     """Add the compare, sweep and study subcommands; each sets `args.handler(args, kwargs)`."""
     from pathlib import Path as _Path
 
+    from .cli import _positive
     from .strategies import STRATEGIES
 
     def results_arg(p, default):
@@ -440,8 +441,8 @@ def register_cli(sub, common) -> None:
 
     c = sub.add_parser("compare", help="train several strategies on the same data: statistics, baselines, verdicts")
     c.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated names (default: all)")
-    c.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1: initialisation and data order only")
-    c.add_argument("--data-seeds", type=int, default=None, help="also vary the training subset (default: 1, fixed)")
+    c.add_argument("--seeds", type=_positive(int), default=1, help="seeds 0..N-1: initialisation and data order only")
+    c.add_argument("--data-seeds", type=_positive(int), default=None, help="also vary the training subset (default: 1, fixed)")
     c.add_argument("--lr-grid", action="store_true", help="choose each strategy's rate on validation accuracy first")
     c.add_argument("--lrs", default=None, help="comma-separated rates for the grid (default: recipe x 1/3, 1, 3)")
     common(c)  # its --output is the results folder; --results is the same option
@@ -449,19 +450,19 @@ def register_cli(sub, common) -> None:
     s = sub.add_parser("sweep", help="pick each strategy's learning rate from a small grid by validation accuracy")
     s.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated names (default: all)")
     s.add_argument("--lrs", default=None, help="comma-separated rates (default: recipe x 1/3, 1, 3)")
-    s.add_argument("--seeds", type=int, default=1)
+    s.add_argument("--seeds", type=_positive(int), default=1)
     common(s)
     s.set_defaults(handler=_sweep_cli)
     st = sub.add_parser("study", help="the committed study: LR sweep, seeds, baselines, learning curves, memory")
     st.add_argument("--strategies", default=None, help="comma-separated names (default: every registered one)")
-    st.add_argument("--seeds", type=int, default=5)
-    st.add_argument("--data-seeds", type=int, default=1)
-    st.add_argument("--curve-seeds", type=int, default=None, help="seeds per learning-curve point (default: --seeds)")
+    st.add_argument("--seeds", type=_positive(int), default=5)
+    st.add_argument("--data-seeds", type=_positive(int), default=1)
+    st.add_argument("--curve-seeds", type=_positive(int), default=None, help="seeds per learning-curve point (default: --seeds)")
     st.add_argument("--curve-sizes", default="100,300,1000,3000,all", help="training-set sizes ('all' = 8,058)")
     st.add_argument("--no-sweep", action="store_true", help="use each recipe's learning rate")
     st.add_argument("--no-curves", action="store_true")
     st.add_argument("--no-memory", action="store_true")
-    st.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10,000)")
+    st.add_argument("--bootstrap", type=_positive(int), default=10_000, help="bootstrap resamples (default 10,000)")
     common(st)
     results_arg(st, None)
     st.set_defaults(handler=_study_cli)
