@@ -463,6 +463,9 @@ def register_cli(sub, common) -> None:
     st.add_argument("--no-curves", action="store_true")
     st.add_argument("--no-memory", action="store_true")
     st.add_argument("--bootstrap", type=_positive(int), default=10_000, help="bootstrap resamples (default 10,000)")
+    st.add_argument("--summarise-only", action="store_true",
+                    help="train nothing: write the summary from the records already in the results folder "
+                         "(after several processes shared it, or after an interruption)")
     common(st)
     results_arg(st, None)
     st.set_defaults(handler=_study_cli)
@@ -506,4 +509,4 @@ def _study_cli(args, kwargs) -> None:
     run_study(kwargs["profile"], args.seeds, None if default else args.output, _names(args.strategies), kwargs["device"],
               kwargs["model_name"], sweep_lrs=not args.no_sweep, curves=not args.no_curves,
               curve_seeds=args.curve_seeds, curve_sizes=sizes, memory=not args.no_memory,
-              data_seeds=args.data_seeds, n_boot=args.bootstrap)
+              data_seeds=args.data_seeds, n_boot=args.bootstrap, run_missing=not args.summarise_only)

@@ -94,6 +94,16 @@ def machine_name(device=None) -> str:
     return f"cpu{os.cpu_count()}"
 
 
+def update_json(path: str | Path, entries: dict) -> dict:
+    """Add `entries` to the JSON object in `path` (created if missing) and return the whole: processes sharing
+    a results folder each add their own strategies without dropping the others'."""
+    path = Path(path)
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current.update(entries)
+    write_json(path, current)
+    return current
+
+
 def write_json(path: str | Path, obj) -> Path:
     """Write JSON atomically: a temporary file beside the target, flushed, then os.replace."""
     path = Path(path)

@@ -289,19 +289,23 @@ def labels_record(ctx: Context) -> dict[str, list[int]]:
 # --- many runs, cached ---------------------------------------------------------------------------------
 
 
-def ensure(ctx: Context, keys: Sequence[RunKey], root: str | Path, log=print) -> list[dict]:
+def ensure(ctx: Context, keys: Sequence[RunKey], root: str | Path, log=print, run: bool = True) -> list[dict]:
     """The record of every key: loaded when it exists, else run and saved at once (resumable).
 
-    `log` gets one line per run (a bounded number of messages, also in Jupyter); None is silent."""
+    `log` gets one line per run (a bounded number of messages, also in Jupyter); None is silent.
+    With run=False nothing is trained: only the records on disk come back (to summarise a partial study)."""
     progress = log is not None
     out, todo = [], [k for k in keys if not has_record(root, k)]
     if progress and keys:
-        log(f"{len(keys) - len(todo)} of {len(keys)} runs cached under {root}; {len(todo)} to run")
+        log(f"{len(keys) - len(todo)} of {len(keys)} runs cached under {root}; "
+            f"{len(todo)} {'to run' if run else 'missing, left out'}")
     done = 0
     for key in keys:
         path = key.path(root)
         if path.is_file():
             out.append(load_record(path))
+            continue
+        if not run:
             continue
         t0 = time.perf_counter()
         record = baseline_record(ctx, key) if key.lr is None else run_record(ctx, key)
@@ -338,7 +342,7 @@ def lr_grid(name: str, factors: Sequence[float] = LR_FACTORS) -> list[float]:
 
 
 def sweep(ctx: Context, strategies: Sequence[str], root: str | Path, lrs: Sequence[float] | None = None,
-          factors: Sequence[float] = LR_FACTORS, seeds: int = 1, log=print):
+          factors: Sequence[float] = LR_FACTORS, seeds: int = 1, log=print, run: bool = True):
     """Try each strategy at every rate of its grid; pick the best mean validation accuracy (ties: the recipe's).
 
     Returns (chosen {strategy: lr}, frame of strategy, lr, val_accuracy mean, chosen)."""
@@ -346,10 +350,14 @@ def sweep(ctx: Context, strategies: Sequence[str], root: str | Path, lrs: Sequen
     for name in strategies:
         grid = sorted(lrs) if lrs else lr_grid(name, factors)
         keys = [RunKey(name, ctx.profile.name, s, lr, 0, None, ctx.model_name) for lr in grid for s in range(seeds)]
-        recs = ensure(ctx, keys, root, log)
-        by_lr = {lr: float(np.mean([r["metrics"]["val_accuracy"] for r in recs if r["key"]["lr"] == lr])) for lr in grid}
+        recs = ensure(ctx, keys, root, log, run)
+        found = [lr for lr in grid if any(r["key"]["lr"] == lr for r in recs)]  # all of them unless run=False
+        by_lr = {lr: float(np.mean([r["metrics"]["val_accuracy"] for r in recs if r["key"]["lr"] == lr])) for lr in found}
         default = get_recipe(name).lr
-        best = max(grid, key=lambda lr: (by_lr[lr], lr == default))
+        if not by_lr:
+            chosen[name] = default
+            continue
+        best = max(by_lr, key=lambda lr: (by_lr[lr], lr == default))
         chosen[name] = best
         rows += [{"strategy": name, "lr": lr, "val_accuracy": v, "chosen": lr == best, "recipe": lr == default}
                  for lr, v in by_lr.items()]
@@ -409,11 +417,14 @@ def run_study(profile: str | None = None, seeds: int = 5, results: str | Path | 
               strategies: Sequence[str] | None = None, device: str | None = None, model_name: str | None = None,
               sweep_lrs: bool = True, curves: bool = True, curve_seeds: int | None = None,
               curve_sizes: Sequence[int | None] = CURVE_SIZES, memory: bool = True, data_seeds: int = 1,
-              n_boot: int = 10_000, log=print) -> Path:
+              n_boot: int = 10_000, log=print, run_missing: bool = True) -> Path:
     """Sweep learning rates, run every strategy for `seeds` seeds at its chosen rate, the learning curves and
-    the memory measurements, then write the summary: resumable, each finished run is kept on disk."""
+    the memory measurements, then write the summary: resumable, each finished run is kept on disk.
+
+    Several processes may share one results folder (e.g. one per strategy on a large GPU); run_missing=False
+    then writes the summary from what they left, training nothing."""
     from .compare import chosen_lrs_path
-    from .results import machine, machine_name, versions, write_json
+    from .results import machine, machine_name, update_json, versions, write_json
 
     t0 = time.perf_counter()
     names = check_strategies(strategies or strategy_names())
@@ -424,20 +435,21 @@ def run_study(profile: str | None = None, seeds: int = 5, results: str | Path | 
     chosen = {}
     if sweep_lrs:
         log("1/4 learning-rate sweep (seed 0, validation accuracy)")
-        chosen, grid = sweep(ctx, names, root, log=log)
-        write_json(chosen_lrs_path(root, ctx.profile.name), chosen)
+        chosen, grid = sweep(ctx, names, root, log=log, run=run_missing)
+        update_json(chosen_lrs_path(root, ctx.profile.name), chosen)
         grid.to_csv(root / "lr_sweep.csv", index=False)
     log("2/4 every strategy, every seed, at its chosen rate; baselines")
-    main = ensure(ctx, run_keys(ctx, names, seeds, chosen, data_seeds), root, log)
+    main = ensure(ctx, run_keys(ctx, names, seeds, chosen, data_seeds), root, log, run_missing)
     curve_records = []
     if curves:
         log("3/4 learning curves")
-        keys = learning_curve_keys(ctx, sizes=curve_sizes, seeds=curve_seeds or seeds, lrs=chosen)
-        curve_records = ensure(ctx, keys, root, log)
+        keys = learning_curve_keys(ctx, [n for n in CURVE_STRATEGIES if n in names], sizes=curve_sizes,
+                                   seeds=curve_seeds or seeds, lrs=chosen)
+        curve_records = ensure(ctx, keys, root, log, run_missing) if keys else []
     mem = {}
     if memory:
         log("4/4 measured training memory")
-        mem = measure_all(names, root / "memory.json", ctx, log)
+        mem = measure_all(names, root / "memory.json", ctx, log, run_missing)
     write_study(root, main, curve_records, mem, chosen, n_boot)
     previous = json.loads((root / "machine.json").read_text()) if (root / "machine.json").is_file() else {}
     wall = time.perf_counter() - t0
@@ -450,18 +462,18 @@ def run_study(profile: str | None = None, seeds: int = 5, results: str | Path | 
     return root
 
 
-def measure_all(names: Sequence[str], path: Path, ctx: Context, log=print) -> dict:
+def measure_all(names: Sequence[str], path: Path, ctx: Context, log=print, run: bool = True) -> dict:
     """Measured training memory per strategy, cached in one JSON file (a strategy measured once is kept)."""
     from .memory import measure_training_memory
-    from .results import write_json
+    from .results import update_json
 
     mem = json.loads(path.read_text()) if path.is_file() else {}
     for name in names:
-        if name in mem:
+        if name in mem or not run:
             continue
         mem[name] = measure_training_memory(name, profile=ctx.profile.name, device=str(ctx.device),
                                             model_name=ctx.model_name)
-        write_json(path, mem)
+        mem = update_json(path, {name: mem[name]})
         if log is not None:
             log(f"memory {name}: measured {mem[name]['measured_bytes'] / 2**20:.0f} MB, "
                 f"accounted {mem[name]['accounted_bytes'] / 2**20:.0f} MB")

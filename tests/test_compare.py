@@ -407,6 +407,30 @@ def test_ensure_runs_only_missing_records_so_a_study_resumes(tmp_path, monkeypat
     assert [k.seed for k in calls] == [0, 1, 2] and [r["key"]["seed"] for r in recs] == [0, 1, 2]
 
 
+def test_ensure_without_running_returns_only_what_is_on_disk(tmp_path, monkeypatch):
+    """--summarise-only: the records other processes left are summarised; nothing missing is trained."""
+    from ftlib import study
+    from ftlib.results import RunKey
+
+    calls = []
+    monkeypatch.setattr(study, "run_record", lambda ctx, key, progress=False: calls.append(key) or
+                        {"metrics": {"test_accuracy": 0.5}, "predictions": {}})
+    monkeypatch.setattr(study, "labels_record", lambda ctx: {})
+    ctx = _tiny_context()
+    keys = [RunKey("full", "quick", s, 1e-3) for s in range(3)]
+    study.ensure(ctx, keys[:1], tmp_path, log=None)
+    recs = study.ensure(ctx, keys, tmp_path, log=None, run=False)
+    assert len(calls) == 1 and [r["key"]["seed"] for r in recs] == [0]
+
+
+def test_update_json_keeps_what_other_processes_wrote(tmp_path):
+    from ftlib.results import update_json
+
+    path = tmp_path / "memory.json"
+    update_json(path, {"full": 1})
+    assert update_json(path, {"lora": 2}) == {"full": 1, "lora": 2}
+
+
 def test_write_study_writes_the_summary_tables_and_plots(tmp_path):
     from ftlib.study import write_study
 
