@@ -46,9 +46,9 @@ C = TypeVar("C")
 
 # How to get rid of each added-module strategy before applying another one.
 HOW_TO_CLEAR = {
-    "lora": "merge_lora(model) folds LoRA into the weights (or remove_lora(model) drops it)",
-    "prefix-tuning": "remove_prefix(model) drops the prefix",
-    "adapters": "remove_adapters(model) drops the adapters",
+    "lora": "merge_lora(model) to fold LoRA into the weights (or remove_lora(model) to drop it)",
+    "prefix-tuning": "remove_prefix(model) to drop the prefix",
+    "adapters": "remove_adapters(model) to drop the adapters",
 }
 
 

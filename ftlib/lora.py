@@ -112,8 +112,9 @@ class LoRALinear(nn.Module):
     def unmerge(self) -> None:
         """Take the update back out of W so A and B can train again.
 
-        Exact only up to rounding: (W + dW) - dW is not W bit for bit in floating point. The error is about
-        one unit in the last place of |W| + |dW| (measured: up to 6e-8 on MiniLM's fp32 weights)."""
+        Exact only up to rounding: (W + dW) - dW is not W bit for bit in floating point. Two roundings bound
+        the error by eps * (|W| + |dW|) per weight (eps = 1.2e-7 in fp32): 3.0e-8 at most on MiniLM's
+        query/value weights with B ~ N(0, 0.02), a trained-sized update (tests/test_lora.py checks the bound)."""
         if self.merged:
             self.base.weight -= self.delta_weight()
             self.merged = False

@@ -5,13 +5,16 @@ A strategy module that owns its recipe defines RECIPE (see ftlib.lifecycle); the
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from torch import nn
 
 from . import adapters, full, lora, prefix_tuning
 from .discriminative_lr import apply_discriminative_lr, layerwise_param_groups, slanted_triangular
 from .feature_extraction import apply_feature_extraction
 from .gradual_unfreezing import GradualUnfreezing, apply_gradual_unfreezing, unfreezing_order
-from .lifecycle import Recipe
+from .lifecycle import Recipe, prepare
 from .train import Callback
 
 __all__ = ["STRATEGIES", "Recipe", "get_recipe"]
@@ -23,15 +26,27 @@ def _thaw_evenly(model: nn.Module, total_steps: int) -> list[Callback]:
     return [GradualUnfreezing(every=every, unit="step", start=every)]
 
 
+def _prepared(name: str, apply: Callable[[nn.Module], nn.Module]) -> Callable[..., nn.Module]:
+    """apply, after lifecycle.prepare: refuse a model carrying added modules, release a head-only start.
+
+    For the strategies whose modules do not call prepare themselves (feature extraction, gradual unfreezing,
+    discriminative LR), so the registry's path (CLI, compare, run_strategy) checks them too."""
+    @functools.wraps(apply)
+    def wrapped(model: nn.Module, *args, **kwargs) -> nn.Module:
+        prepare(model, name)
+        return apply(model, *args, **kwargs)
+    return wrapped
+
+
 STRATEGIES: dict[str, Recipe] = {
     r.name: r
     for r in [
         full.RECIPE,
-        Recipe("feature-extraction", apply_feature_extraction, lr=3e-3,
+        Recipe("feature-extraction", _prepared("feature-extraction", apply_feature_extraction), lr=3e-3,
                summary="frozen encoder in eval mode, cached features, head only"),
-        Recipe("gradual-unfreezing", apply_gradual_unfreezing, lr=1e-4, callbacks=_thaw_evenly,
+        Recipe("gradual-unfreezing", _prepared("gradual-unfreezing", apply_gradual_unfreezing), lr=1e-4, callbacks=_thaw_evenly,
                summary="head first, then layers top-down, embeddings last"),
-        Recipe("discriminative-lr", apply_discriminative_lr, lr=1e-4,
+        Recipe("discriminative-lr", _prepared("discriminative-lr", apply_discriminative_lr), lr=1e-4,
                groups=lambda model, lr: layerwise_param_groups(model, lr), schedule=slanted_triangular(),
                summary="lr x 0.95 per layer down, slanted-triangular schedule"),
         lora.RECIPE,
