@@ -13,6 +13,20 @@ from torch import nn
 
 HEAD_PREFIXES = ("classifier.",)  # the task head always trains and is always saved
 
+# The parameter-name prefix of each added-module strategy, defined once: freezing selects a strategy's
+# tensors by it, saving keeps them by it (trained or not: a baked prefix is frozen yet holds the task) and
+# checkpoints recognise the strategy by it. A new strategy that adds modules adds its line here.
+LORA_PREFIX = "lora_"
+PREFIX_TUNING_PREFIX = "prefix_"
+ADAPTER_PREFIX = "adapter_"
+ADDED_PREFIXES = {"lora": LORA_PREFIX, "prefix-tuning": PREFIX_TUNING_PREFIX, "adapters": ADAPTER_PREFIX}
+
+
+def has_prefix(name: str, prefixes: str | Iterable[str]) -> bool:
+    """True if a component of the dotted parameter name starts with one of the prefixes."""
+    prefixes = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
+    return any(part.startswith(prefixes) for part in name.split("."))
+
 
 @dataclass(frozen=True)
 class ParamCount:
@@ -73,20 +87,20 @@ def trainable_names(model: nn.Module) -> list[str]:
 
 
 def trainable_state_dict(model: nn.Module, prefixes: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-    """What must be saved for the task: trainable tensors, or the ones whose name contains a prefix."""
+    """What must be saved for the task: the head and the tensors whose name has one of the prefixes.
+
+    prefixes=None: every trainable tensor plus every tensor a strategy added (ADDED_PREFIXES), whatever its
+    grad flag, so a baked prefix or a LoRA layer frozen for a while is never dropped from the file."""
     if prefixes is None:
-        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        added = tuple(ADDED_PREFIXES.values())
+        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad or has_prefix(n, added)}
     prefixes = tuple(prefixes)
-    return {
-        n: p.detach()
-        for n, p in model.named_parameters()
-        if n.startswith(HEAD_PREFIXES) or any(part.startswith(prefixes) for part in n.split("."))
-    }
+    return {n: p.detach() for n, p in model.named_parameters() if n.startswith(HEAD_PREFIXES) or has_prefix(n, prefixes)}
 
 
 def save_trainable(model: nn.Module, path: str | Path, tensors: dict[str, torch.Tensor] | None = None,
                    metadata: dict | None = None) -> Path:
-    """Write the trainable tensors (or the given ones) to one safetensors file."""
+    """Write the task's tensors (trainable_state_dict, or the given ones) to one safetensors file."""
     tensors = trainable_state_dict(model) if tensors is None else tensors
     if not tensors:
         raise ValueError("nothing to save: the model has no trainable parameters")

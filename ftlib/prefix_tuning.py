@@ -12,12 +12,17 @@ values"). Instead each layer's self-attention module is swapped for `PrefixSelfA
 reuses the frozen query/key/value Linears, prepends the prefix to keys and values, widens the mask
 by P always-visible columns and calls the same attention function transformers would (eager or sdpa).
 No tokens are added to input_ids, so the positions of the real tokens do not move.
+
+The verbs are the shared lifecycle of ftlib.lifecycle: apply_prefix_tuning, bake_prefix, remove_prefix,
+prefix_disabled, save_prefix / load_prefix, and PREFIX_TUNING_PREFIX on every added tensor's name.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,10 +30,39 @@ from torch.nn import functional as F
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import eager_attention_forward  # RoBERTa's is a verbatim copy
 
+from ftlib.lifecycle import (
+    Recipe,
+    check_can_apply,
+    check_config,
+    config_dict,
+    load_added,
+    read_saved,
+    release_head_only,
+    resolve_config,
+    save_added,
+)
 from ftlib.models import base_encoder, encoder_layers
-from ftlib.params import freeze_except
+from ftlib.params import PREFIX_TUNING_PREFIX, freeze_except, has_prefix
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")  # both take a 4D mask we can widen; flash/flex take other mask forms
+LR = 1e-3  # peak learning rate on MiniLM (quick profile)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:  # True is an int to Python, not a size
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PrefixConfig:
+    """What apply_prefix_tuning needs: P prefix vectors per layer, made by an MLP of this hidden width."""
+
+    prefix_length: int = 20
+    projection_dim: int = 512  # Li & Liang's reparameterisation MLP; it exists only while training
+
+    def __post_init__(self):
+        _check_positive_int("prefix_length", self.prefix_length)
+        _check_positive_int("projection_dim", self.projection_dim)
 
 
 class PrefixEncoder(nn.Module):
@@ -37,6 +71,7 @@ class PrefixEncoder(nn.Module):
     def __init__(self, n_layers: int, hidden: int, prefix_length: int, projection_dim: int):
         super().__init__()
         self.n_layers, self.hidden, self.prefix_length = n_layers, hidden, prefix_length
+        self.projection_dim = projection_dim  # kept after bake_prefix drops the MLP, for prefix_config
         self.prefix_embedding = nn.Embedding(prefix_length, hidden)
         self.prefix_mlp = nn.Sequential(
             nn.Linear(hidden, projection_dim), nn.Tanh(), nn.Linear(projection_dim, 2 * n_layers * hidden)
@@ -94,8 +129,10 @@ class PrefixSelfAttention(nn.Module):
         self.num_attention_heads, self.attention_head_size = attn.num_attention_heads, attn.attention_head_size
         self.prefix_layer = layer
         self.train(attn.training)  # a new Module starts in training mode; inherit eval so dropout stays off
-        # A plain reference, not a child: the one PrefixEncoder is registered once, on the model, as prefix_encoder
+        # Plain references, not children: the one PrefixEncoder is registered once, on the model, as prefix_encoder;
+        # the replaced module is what remove_prefix puts back
         object.__setattr__(self, "prefix_source", source)
+        object.__setattr__(self, "original", attn)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, cache=None, **kwargs):
         """Same inputs and outputs as the module it replaces; the returned weights are (B, nh, T, P+T)."""
@@ -144,26 +181,28 @@ def _self_attention_modules(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def apply_prefix_tuning(model: nn.Module, prefix_length: int = 20, projection_dim: int = 512) -> nn.Module:
-    """Add trainable prefixes to every self-attention layer, freeze the rest but the head; in place."""
-    if not isinstance(prefix_length, int) or prefix_length <= 0:
-        raise ValueError(f"prefix_length must be a positive int, got {prefix_length!r}")
-    if not isinstance(projection_dim, int) or projection_dim <= 0:
-        raise ValueError(f"projection_dim must be a positive int, got {projection_dim!r}")
+def apply_prefix_tuning(model: nn.Module, prefix_length: int = 20, projection_dim: int = 512, *,
+                        config: PrefixConfig | None = None) -> nn.Module:
+    """Add trainable prefixes to every self-attention layer, freeze the rest but the head; in place.
+
+    Give the settings as keyword arguments or as config=PrefixConfig(...), not both."""
+    config = resolve_config(PrefixConfig, config, prefix_length=prefix_length, projection_dim=projection_dim)
     if hasattr(model, "prefix_encoder") or any(isinstance(m, PrefixSelfAttention) for m in model.modules()):
         raise ValueError("prefix tuning is already applied to this model; apply it to a fresh model")
+    check_can_apply(model, "prefix-tuning")  # over LoRA or adapters: refused, naming the fix
     blocks = _self_attention_modules(model)
-    config = base_encoder(model).config
-    _check_attention(config._attn_implementation)
-    if getattr(config, "is_decoder", False):
+    encoder_config = base_encoder(model).config
+    _check_attention(encoder_config._attn_implementation)
+    if getattr(encoder_config, "is_decoder", False):
         raise ValueError("prefix tuning here is for bidirectional encoders; this model is configured as a decoder")
+    release_head_only(model)  # over feature extraction: the encoder's dropout comes back with train()
     weight = blocks[0].self.query.weight
-    source = PrefixEncoder(len(blocks), config.hidden_size, prefix_length, projection_dim)
+    source = PrefixEncoder(len(blocks), encoder_config.hidden_size, config.prefix_length, config.projection_dim)
     model.prefix_encoder = source.to(device=weight.device, dtype=weight.dtype).train(model.training)
     for i, block in enumerate(blocks):
         replaced, block.self = type(block.self), PrefixSelfAttention(block.self, source, i)
         _record_attentions(block.self, replaced, base_encoder(model))
-    return freeze_except(model, lambda name: name.startswith("prefix_"))
+    return freeze_except(model, lambda name: has_prefix(name, PREFIX_TUNING_PREFIX))
 
 
 def _prefix_encoder(model: nn.Module) -> PrefixEncoder:
@@ -181,7 +220,7 @@ def bake_prefix(model: nn.Module) -> nn.Module:
         raise ValueError("the prefix is already baked")
     kv = source.all_layers()  # (L, 2, P, H)
     # Frozen: the MLP existed to make training stable (Li & Liang 2021); training the raw prefix is opt-in,
-    # via model.prefix_encoder.prefix_keys.requires_grad_(). Save them with trainable_state_dict(model, ["prefix_"]).
+    # via model.prefix_encoder.prefix_keys.requires_grad_(). save_prefix and save_trainable keep them anyway.
     source.prefix_keys = nn.Parameter(kv[:, 0].clone(), requires_grad=False)  # (L, P, H)
     source.prefix_values = nn.Parameter(kv[:, 1].clone(), requires_grad=False)  # (L, P, H)
     del source.prefix_embedding, source.prefix_mlp  # training scaffolding, no longer used
@@ -197,3 +236,47 @@ def prefix_disabled(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         source.enabled = previous
+
+
+def remove_prefix(model: nn.Module) -> nn.Module:
+    """Put the original self-attention modules back and drop the prefix (baked or not); in place."""
+    _prefix_encoder(model)
+    for block in _self_attention_modules(model):
+        if isinstance(block.self, PrefixSelfAttention):
+            block.self = block.self.original
+    del model.prefix_encoder
+    return model
+
+
+def prefix_config(model: nn.Module) -> PrefixConfig:
+    """The PrefixConfig that rebuilds the model's prefix on a fresh model."""
+    source = _prefix_encoder(model)
+    return PrefixConfig(source.prefix_length, source.projection_dim)
+
+
+def save_prefix(model: nn.Module, path: str | Path) -> Path:
+    """Write the prefix (the MLP, or the baked keys/values: about 2*L*P*H numbers) and the head, config in metadata."""
+    return save_added(model, path, "prefix-tuning", config_dict(prefix_config(model)),
+                      baked=_prefix_encoder(model).baked)
+
+
+def load_prefix(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load save_prefix's file into a model given apply_prefix_tuning with the same settings (checked).
+
+    A baked file needs a baked model: an unbaked one is baked first (its MLP is then overwritten anyway)."""
+    meta, keys = read_saved(path, "prefix-tuning")
+    saved = meta["config"]
+    if not isinstance(getattr(model, "prefix_encoder", None), PrefixEncoder):
+        raise ValueError(f"model has no prefix; first call apply_prefix_tuning(model, prefix_length="
+                         f"{saved['prefix_length']}, projection_dim={saved['projection_dim']}), the settings in {path}")
+    check_config(path, saved, config_dict(prefix_config(model)), ("prefix_length", "projection_dim"),
+                 "apply_prefix_tuning")
+    if meta.get("baked") and not model.prefix_encoder.baked:
+        bake_prefix(model)
+    elif model.prefix_encoder.baked and not meta.get("baked"):
+        raise ValueError(f"{path} holds the prefix MLP, but the model's prefix is baked; load it into a model "
+                         "given apply_prefix_tuning only, then bake_prefix(model)")
+    return load_added(model, path, "prefix-tuning", keys)
+
+
+RECIPE = Recipe("prefix-tuning", apply_prefix_tuning, lr=LR, summary="20 trained key/value prefixes per layer")

@@ -1,20 +1,23 @@
-"""The strategy registry: one name -> how to apply it and how to train it, used by the CLI and compare."""
+"""The strategy registry: the list of every strategy's Recipe, by name, used by the CLI and compare.
+
+A strategy module that owns its recipe defines RECIPE (see ftlib.lifecycle); the registry only lists them.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from torch import nn
 
-from .adapters import apply_adapters
+from . import adapters, full, lora, prefix_tuning
 from .discriminative_lr import apply_discriminative_lr, layerwise_param_groups, slanted_triangular
 from .feature_extraction import apply_feature_extraction
-from .full import apply_full
 from .gradual_unfreezing import GradualUnfreezing, apply_gradual_unfreezing, even_interval, unfreezing_order
-from .lora import apply_lora
-from .prefix_tuning import apply_prefix_tuning
+from .lifecycle import Recipe, prepare
 from .train import Callback
+
+__all__ = ["STRATEGIES", "Recipe", "get_recipe"]
 
 
 def _thaw_evenly(model: nn.Module, total_steps: int) -> list[Callback]:
@@ -26,31 +29,32 @@ def _thaw_evenly(model: nn.Module, total_steps: int) -> list[Callback]:
     return [GradualUnfreezing(every=every, unit="step", start=every, evenly=True)]
 
 
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    apply: Callable[[nn.Module], nn.Module]  # apply_<strategy> with its defaults
-    lr: float  # peak learning rate that works for this strategy on MiniLM (set on the quick profile)
-    groups: Callable[[nn.Module, float], list[dict]] | None = None  # optimizer groups, if not fit's default
-    callbacks: Callable[[nn.Module, int], list[Callback]] = field(default=lambda model, total_steps: [])
-    schedule: Callable[[int, int], float] | None = None  # LR multiplier; None = linear warm-up/decay
-    summary: str = ""
+def _prepared(name: str, apply: Callable[[nn.Module], nn.Module]) -> Callable[..., nn.Module]:
+    """apply, after lifecycle.prepare: refuse a model carrying added modules, release a head-only start.
+
+    For the strategies whose modules do not call prepare themselves (feature extraction, gradual unfreezing,
+    discriminative LR), so the registry's path (CLI, compare, run_strategy) checks them too."""
+    @functools.wraps(apply)
+    def wrapped(model: nn.Module, *args, **kwargs) -> nn.Module:
+        prepare(model, name)
+        return apply(model, *args, **kwargs)
+    return wrapped
 
 
 STRATEGIES: dict[str, Recipe] = {
     r.name: r
     for r in [
-        Recipe("full", apply_full, lr=5e-5, summary="every weight trains"),
-        Recipe("feature-extraction", apply_feature_extraction, lr=3e-3,
+        full.RECIPE,
+        Recipe("feature-extraction", _prepared("feature-extraction", apply_feature_extraction), lr=3e-3,
                summary="frozen encoder in eval mode, cached features, head only"),
-        Recipe("gradual-unfreezing", apply_gradual_unfreezing, lr=1e-4, callbacks=_thaw_evenly,
+        Recipe("gradual-unfreezing", _prepared("gradual-unfreezing", apply_gradual_unfreezing), lr=1e-4, callbacks=_thaw_evenly,
                summary="head first, then layers top-down, embeddings last"),
-        Recipe("discriminative-lr", apply_discriminative_lr, lr=1e-4,
+        Recipe("discriminative-lr", _prepared("discriminative-lr", apply_discriminative_lr), lr=1e-4,
                groups=lambda model, lr: layerwise_param_groups(model, lr), schedule=slanted_triangular(),
                summary="lr x 0.95 per layer down, slanted-triangular schedule"),
-        Recipe("lora", apply_lora, lr=1e-3, summary="rank-8 updates on query and value, base frozen"),
-        Recipe("prefix-tuning", apply_prefix_tuning, lr=1e-3, summary="20 trained key/value prefixes per layer"),
-        Recipe("adapters", apply_adapters, lr=1e-3, summary="Houlsby bottleneck adapters (64) in every layer"),
+        lora.RECIPE,
+        prefix_tuning.RECIPE,
+        adapters.RECIPE,
     ]
 }
 

@@ -9,6 +9,8 @@ from conftest import TINY, make_model
 from transformers import DistilBertConfig, DistilBertModel
 
 from ftlib.adapters import (
+    HOULSBY,
+    PFEIFFER,
     AdaptedOutput,
     Adapter,
     adapter_modules,
@@ -78,23 +80,73 @@ def test_adapter_count_per_layer_and_each_runs_once_per_forward(arch, placement,
     assert len(calls) == PER_LAYER[placement] * L and len({id(c) for c in calls}) == len(calls)
 
 
-def test_adapter_sits_before_the_residual_layernorm(arch, placement, batch):
-    """Recompute every wrapped sub-layer by hand: LayerNorm(adapter(dense(h)) + input), eval mode."""
+# AdapterHub's definitions (adapter-hub/adapters, src/adapters/configuration/adapter_config.py): Pfeiffer is
+# SeqBnConfig, Houlsby is DoubleSeqBnConfig; scaling 1.0, no extra LayerNorms, dropout 0 in both.
+ADAPTERHUB = {
+    "houlsby": dict(mh_adapter=True, output_adapter=True, original_ln_before=False, original_ln_after=True,
+                    residual_before_ln=True, non_linearity=F.silu),  # "swish"
+    "pfeiffer": dict(mh_adapter=False, output_adapter=True, original_ln_before=True, original_ln_after=True,
+                     residual_before_ln=True, non_linearity=F.relu),
+}
+
+
+def adapterhub_sublayer(h, inp, mod, original_ln_before, original_ln_after, residual_before_ln, non_linearity, **_):
+    """One adapted BERT sub-layer as AdapterHub computes it, written out by hand.
+
+    Source: adapter-hub/adapters, src/adapters/methods/bottleneck.py (BottleneckLayer.bottleneck_layer_forward)
+    and src/adapters/methods/modeling.py (Adapter.pre_forward, Adapter.forward, Adapter.post_forward);
+    h = dropout(dense(x)) is the sub-layer output, inp its residual input, mod the AdaptedOutput whose
+    weights are used (its LayerNorm is the layer's own).
+    """
+    norm, a = mod.LayerNorm, mod.adapter
+
+    def ln(z):
+        return F.layer_norm(z, (H,), norm.weight, norm.bias, norm.eps)
+
+    def down(z):
+        return F.linear(z, a.down_proj.weight, a.down_proj.bias)
+
+    def up(z):
+        return F.linear(z, a.up_proj.weight, a.up_proj.bias)
+
+    residual = h if residual_before_ln is True else None  # pre_forward
+    x = ln(h + inp) if original_ln_before else h
+    if not residual_before_ln:
+        residual = x
+    out = up(non_linearity(down(x))) + residual  # Adapter.forward: scaling 1.0, no ln_after, dropout 0
+    return ln(out + inp) if original_ln_after else out  # post_forward
+
+
+def test_each_placement_computes_adapterhubs_architecture(arch, placement, batch):
+    """Houlsby = AdapterHub's DoubleSeqBnConfig, Pfeiffer = SeqBnConfig (adapter-hub/adapters,
+    src/adapters/configuration/adapter_config.py; forward pass from methods/bottleneck.py and methods/modeling.py),
+    checked sub-layer by sub-layer against the hand-written adapterhub_sublayer above, in eval mode."""
+    spec = ADAPTERHUB[placement]
     model = randomize(apply_adapters(make_model(arch), bottleneck=8, placement=placement))
+    layer = encoder_layers(model)[0]
+    assert isinstance(layer.attention.output, AdaptedOutput) == spec["mh_adapter"]
+    assert isinstance(layer.output, AdaptedOutput) == spec["output_adapter"]
     seen = []
     for m in model.modules():
         if isinstance(m, AdaptedOutput):
             m.register_forward_hook(lambda mod, args, out: seen.append((mod, args, out)))
     logits(model, batch)
     assert len(seen) == PER_LAYER[placement] * L
-    for mod, (h, inp), out in seen:
-        a, ln = mod.adapter, mod.LayerNorm
-        x = F.linear(h, mod.dense.weight, mod.dense.bias)  # (B, T, H); dropout is off in eval
-        z = x + F.linear(F.gelu(F.linear(x, a.down_proj.weight, a.down_proj.bias)), a.up_proj.weight, a.up_proj.bias)
-        by_hand = F.layer_norm(z + inp, (H,), ln.weight, ln.bias, ln.eps)
-        torch.testing.assert_close(out, by_hand, atol=1e-6, rtol=0)
-        after_norm = a(F.layer_norm(x + inp, (H,), ln.weight, ln.bias, ln.eps))  # the wrong placement
-        assert not torch.allclose(out, after_norm, atol=1e-3)
+    for mod, (hidden, inp), out in seen:
+        h = F.linear(hidden, mod.dense.weight, mod.dense.bias)  # (B, T, H); dropout is off in eval
+        torch.testing.assert_close(out, adapterhub_sublayer(h, inp, mod, **spec), atol=1e-6, rtol=0)
+        other = {**spec, "original_ln_before": not spec["original_ln_before"]}  # the other architecture's wiring
+        wrong = adapterhub_sublayer(h, inp, mod, **other)
+        assert not torch.allclose(out, wrong, atol=1e-3)  # the check tells the two architectures apart
+
+
+def test_adapterhub_presets_use_reduction_factor_16(arch, placement):
+    """HOULSBY / PFEIFFER: AdapterHub's reduction_factor=16 (bottleneck = hidden // 16) and activations."""
+    preset = {"houlsby": HOULSBY, "pfeiffer": PFEIFFER}[placement]
+    assert preset.activation == {"houlsby": "silu", "pfeiffer": "relu"}[placement]
+    model = apply_adapters(make_model(arch), config=preset)
+    assert {a.down_proj.out_features for a in adapter_modules(model)} == {H // 16}
+    assert count_parameters(model).trainable == expected_trainable(H // 16, placement)
 
 
 @pytest.mark.parametrize("m", [1, 8])

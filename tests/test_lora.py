@@ -259,3 +259,36 @@ def test_minilm_query_value_count_matches_closed_form_and_peft():
     peft = pytest.importorskip("peft")
     theirs = peft.get_peft_model(bare, peft.LoraConfig(r=8, target_modules=["query", "value"]))
     assert count_parameters(theirs).trainable == 73_728
+
+
+def test_unmerge_is_exact_only_up_to_the_rounding_bound(arch):
+    """merge then unmerge: |W' - W| <= eps (1 + eps) (|W| + |dW|) per weight (two float roundings), not 0."""
+    model = apply_lora(make_model(arch))
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.normal_(std=0.5)  # a large update, so the rounding shows
+    before = {n: layer.base.weight.detach().clone() for n, layer in lora_layers(model).items()}
+    unmerge_lora(merge_lora(model, replace=False))
+    eps = torch.finfo(torch.float32).eps
+    worst = 0.0
+    for name, layer in lora_layers(model).items():
+        err = (layer.base.weight - before[name]).abs()
+        bound = eps * (1 + eps) * (before[name].abs() + layer.delta_weight().abs())
+        assert (err <= bound).all(), name
+        worst = max(worst, err.max().item())
+    assert worst > 0  # not bit-exact: the docstring says "up to rounding" for a reason
+    assert "up to rounding" in unmerge_lora.__doc__
+
+
+def test_a_has_peft_distribution_but_not_peft_draws():
+    """The init comment used to claim 'the same random draws as PEFT': one seed gives different A."""
+    peft = pytest.importorskip("peft")
+    ours = apply_lora(make_encoder("bert"), rank=8)  # make_encoder seeds torch (seed 0) before building
+    theirs = peft.get_peft_model(make_encoder("bert"), peft.LoraConfig(r=8, lora_alpha=16,
+                                                                        target_modules=["query", "value"]))
+    a_ours = lora_layers(ours)["encoder.layer.0.attention.self.query"].lora_A.detach().T  # (r, in)
+    a_theirs = dict(theirs.named_parameters())[
+        "base_model.model.encoder.layer.0.attention.self.query.lora_A.default.weight"].detach()
+    bound = 1 / math.sqrt(a_ours.shape[1])  # kaiming_uniform(a=sqrt(5)): U(-1/sqrt(in), 1/sqrt(in)) in both
+    assert a_ours.shape == a_theirs.shape and a_ours.abs().max() <= bound and a_theirs.abs().max() <= bound
+    assert not torch.equal(a_ours, a_theirs)
