@@ -49,6 +49,7 @@ from ftlib.lifecycle import (
 )
 from ftlib.models import encoder_layers
 from ftlib.params import ADAPTER_PREFIX, freeze_except, has_prefix, save_trainable, trainable_state_dict
+from ftlib.strategy_tag import tag_strategy
 
 PLACEMENTS = {"houlsby": ("attention.output", "output"), "pfeiffer": ("output",)}  # sub-layers adapted
 ORIGINAL_LN_BEFORE = {"houlsby": False, "pfeiffer": True}  # does the adapter read LN(h + input) rather than h?
@@ -213,7 +214,8 @@ def apply_adapters(model: nn.Module, bottleneck: int | None = 64, placement: str
         _set(layer, path, AdaptedOutput(original, adapter.to(w.device, w.dtype), SLOT_NAMES[path],
                                         ORIGINAL_LN_BEFORE[config.placement], config.train_layer_norm))
     norms = _layer_norm_names(model) if config.train_layer_norm else set()  # Houlsby also trains the LayerNorms
-    return freeze_except(model, lambda n: is_adapter_param(n) or n in norms)
+    freeze_except(model, lambda n: is_adapter_param(n) or n in norms)
+    return tag_strategy(model, "adapters", config)  # fit and checkpoints read it
 
 
 def _layer_norm_names(model: nn.Module) -> set[str]:

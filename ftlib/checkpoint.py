@@ -22,9 +22,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .history import History
+from .params import ADDED_PREFIXES
 from .strategy_tag import describe_tags, strategy_tags, tags_from_json
 
-STRATEGY_MARKERS = {"lora_": "lora", "prefix_": "prefix-tuning", "adapter_": "adapters"}
+STRATEGY_MARKERS = {p: s for s, p in ADDED_PREFIXES.items()}  # the one list of added-parameter prefixes
 
 
 def architecture_of(model: nn.Module) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .lifecycle import prepare
 from .models import embeddings, encoder_layers
 from .optim import NO_DECAY, slanted_triangular
 from .strategy_tag import tag_strategy
@@ -21,6 +22,7 @@ ULMFIT_DECAY = 1 / 2.6
 
 def apply_discriminative_lr(model: nn.Module) -> nn.Module:
     """Every parameter trains (as in full fine-tuning); the rates come from layerwise_param_groups."""
+    prepare(model, "discriminative-lr")  # releases feature extraction's eval lock; refuses added modules
     for p in model.parameters():
         p.requires_grad_(True)
     return tag_strategy(model, "discriminative-lr")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .lifecycle import prepare
 from .params import freeze_except
 from .strategy_tag import tag_strategy
 
@@ -19,6 +20,7 @@ def apply_feature_extraction(model: nn.Module) -> nn.Module:
     if not hasattr(model, "encoder") or not hasattr(model, "classifier"):
         raise TypeError(f"feature extraction needs a model with .encoder and .classifier (a SequenceClassifier), "
                         f"got {type(model).__name__}")
+    prepare(model, "feature-extraction")  # over LoRA, a prefix or adapters: refused, naming the fix
     freeze_except(model, lambda name: False)  # only classifier.* keeps requires_grad
     model.keep_encoder_eval = True
     model.encoder.eval()

@@ -12,6 +12,7 @@ import math
 from torch import nn
 
 from .callbacks import Callback, TrainState
+from .lifecycle import prepare
 from .models import embeddings, encoder_layers
 from .params import freeze_except
 from .strategy_tag import tag_strategy
@@ -20,6 +21,7 @@ from .strategy_tag import tag_strategy
 def apply_gradual_unfreezing(model: nn.Module) -> nn.Module:
     """Freeze everything but the head; the GradualUnfreezing callback thaws the rest during fit."""
     encoder_layers(model)  # fail now, clearly, if the model has no layers to unfreeze
+    prepare(model, "gradual-unfreezing")  # refuses a model carrying LoRA, a prefix or adapters
     return tag_strategy(freeze_except(model, lambda name: False), "gradual-unfreezing")
 
 

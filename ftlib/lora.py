@@ -37,6 +37,7 @@ from ftlib.lifecycle import (
 )
 from ftlib.models import SequenceClassifier, base_encoder
 from ftlib.params import LORA_PREFIX, freeze_except, has_prefix, trainable_state_dict
+from ftlib.strategy_tag import tag_strategy
 
 ALL_LINEAR = "all-linear"
 LR = 1e-3  # peak learning rate on MiniLM (quick profile); full fine-tuning's 5e-5 barely moves B
@@ -180,7 +181,8 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16,
     for name, lin in chosen.items():
         layer = LoRALinear(lin, rank, config.alpha, config.dropout).train(lin.training)  # keep eval mode
         model.set_submodule(name, layer)
-    return freeze_except(model, lambda n: has_prefix(n, LORA_PREFIX))
+    freeze_except(model, lambda n: has_prefix(n, LORA_PREFIX))
+    return tag_strategy(model, "lora", config)  # fit and checkpoints read it
 
 
 def merge_lora(model: nn.Module, replace: bool = True) -> nn.Module:

@@ -43,6 +43,7 @@ from ftlib.lifecycle import (
 )
 from ftlib.models import base_encoder, encoder_layers
 from ftlib.params import PREFIX_TUNING_PREFIX, freeze_except, has_prefix
+from ftlib.strategy_tag import tag_strategy
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")  # both take a 4D mask we can widen; flash/flex take other mask forms
 LR = 1e-3  # peak learning rate on MiniLM (quick profile)
@@ -202,7 +203,8 @@ def apply_prefix_tuning(model: nn.Module, prefix_length: int = 20, projection_di
     for i, block in enumerate(blocks):
         replaced, block.self = type(block.self), PrefixSelfAttention(block.self, source, i)
         _record_attentions(block.self, replaced, base_encoder(model))
-    return freeze_except(model, lambda name: has_prefix(name, PREFIX_TUNING_PREFIX))
+    freeze_except(model, lambda name: has_prefix(name, PREFIX_TUNING_PREFIX))
+    return tag_strategy(model, "prefix-tuning", config)  # fit and checkpoints read it
 
 
 def _prefix_encoder(model: nn.Module) -> PrefixEncoder:
