@@ -1,7 +1,9 @@
-"""Tiny BERT and RoBERTa models built in the test (no download), and a fixed padded batch."""
+"""Tiny BERT and RoBERTa models built in the test (no download), a fixed padded batch, and the embedded
+MiniLM loaded once per test process (the `minilm` fixture hands out deep copies)."""
 
 from __future__ import annotations
 
+import copy
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network; hub names fail fast
@@ -50,6 +52,27 @@ def make_batch(batch_size: int = 4, seq_len: int = 9, vocab_size: int = 99, seed
             input_ids[i, -i:] = 1  # pad id (RoBERTa's; BERT ignores it thanks to the mask)
     labels = torch.arange(batch_size) % 3
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@pytest.fixture(autouse=True)
+def _no_profile_from_the_environment(monkeypatch):
+    """`make test` sets FTLIB_PROFILE=smoke for the notebooks; library tests see the default profile."""
+    monkeypatch.delenv("FTLIB_PROFILE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def _minilm_once():
+    """The embedded MiniLM classifier and tokenizer, loaded once per test process; never hand it out."""
+    from ftlib.models import build_classifier
+
+    return build_classifier()
+
+
+@pytest.fixture
+def minilm(_minilm_once):
+    """(SequenceClassifier, tokenizer): a fresh deep copy of build_classifier() for each test, in train mode."""
+    model, tokenizer = _minilm_once
+    return copy.deepcopy(model), copy.deepcopy(tokenizer)
 
 
 @pytest.fixture(params=ARCHS)
