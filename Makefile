@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml environment.yml
 	@touch $@
 
 test: env
-	$(TEST_ENV) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --nbval-lax
+	$(TEST_ENV) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder --nbval-lax
 
 # The committed outputs: one clean top-to-bottom run of each chapter, one after another (tests check it).
 notebooks: env

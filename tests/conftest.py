@@ -115,3 +115,12 @@ def block_of(name: str) -> str:
     if name.startswith("encoder.encoder.layer."):
         return f"layer.{name.split('.')[3]}"
     return "head"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Notebooks first, last chapter first, then the library tests: under xdist (`make test`) the longest
+    items (chapter 08 runs the whole comparison) start at once and the many short test files fill the gaps.
+    The sort is stable, so each notebook's cells keep their order; `--no-loadscope-reorder` keeps this one."""
+    notebooks = sorted({item.path for item in items if item.path.suffix == ".ipynb"}, reverse=True)
+    rank = {path: i for i, path in enumerate(notebooks)}
+    items.sort(key=lambda item: rank.get(item.path, len(rank)))
