@@ -15,10 +15,17 @@ endif
 BIN := $(ENV)/bin
 STAMP := $(ENV)/.ftlib-installed
 
-.PHONY: env test compare lab lint student grade clean-env help
+# make test: library tests and nbval's notebook items on every core (pytest-xdist). --dist loadfile keeps
+# each notebook's cells in one worker, hence one kernel. The chapters run on the smoke profile (their
+# asserts hold on every profile; library tests ignore FTLIB_PROFILE); one torch thread per worker.
+WORKERS ?= auto
+TEST_ENV := FTLIB_PROFILE=smoke OMP_NUM_THREADS=1
+
+.PHONY: env test notebooks compare lab lint student grade clean-env help
 help:
 	@echo "make compare  - fine-tune every strategy on the embedded model and data, print the table"
-	@echo "make test     - library tests and every notebook under nbval"
+	@echo "make test     - library tests and every notebook under nbval (smoke profile), on every core"
+	@echo "make notebooks - re-execute every chapter in place (quick profile), then regenerate student copies"
 	@echo "make lab      - JupyterLab on notebooks/"
 	@echo "make lint     - ruff"
 	@echo "make student  - regenerate notebooks/student/ with nbgrader (solutions stubbed, outputs cleared)"
@@ -34,7 +41,17 @@ $(STAMP): pyproject.toml environment.yml
 	@touch $@
 
 test: env
-	$(BIN)/python -m pytest --nbval-lax
+	$(TEST_ENV) $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder --nbval-lax
+
+# The committed outputs: one clean top-to-bottom run of each chapter, one after another (tests check it).
+notebooks: env
+	$(BIN)/python tools/nbval_tags.py
+	$(BIN)/python tools/nbgrader_tags.py
+	@set -e; for nb in notebooks/[0-9][0-9]_*.ipynb; do \
+		echo "executing $$nb (quick profile)"; \
+		FTLIB_PROFILE=quick $(BIN)/jupyter nbconvert --to notebook --execute --inplace "$$nb"; \
+	done
+	$(BIN)/python tools/make_student.py
 
 compare: env
 	$(BIN)/python -m ftlib compare

@@ -1,4 +1,11 @@
-"""Run sizes: `quick` trains each strategy in well under a minute on a 2-core CPU, `full` is for a GPU."""
+"""Run sizes: `quick` trains each strategy in well under a minute on a 2-core CPU, `full` is for a GPU.
+
+`smoke` is for CI only (`make test` runs every chapter under nbval with FTLIB_PROFILE=smoke): 200
+training and 200 validation examples, one epoch, so a chapter checks that its code and its asserts
+hold in seconds per training run. Its accuracies mean nothing; chapters assert properties (equalities,
+counts, shapes), never accuracy levels, so they pass on every profile. Committed chapter outputs come
+from `quick` (`make notebooks`).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ class Profile:
 
 PROFILES = {
     "quick": Profile("quick", max_train=1000, max_eval=500, epochs=2, max_length=64, batch_size=32),
+    "smoke": Profile("smoke", max_train=200, max_eval=200, epochs=1, max_length=64, batch_size=32),
     "full": Profile("full", max_train=None, max_eval=None, epochs=4, max_length=128, batch_size=32),
 }
 

@@ -1,7 +1,9 @@
-"""Tiny BERT and RoBERTa models built in the test (no download), and a fixed padded batch."""
+"""Tiny BERT and RoBERTa models built in the test (no download), a fixed padded batch, and the embedded
+MiniLM loaded once per test process (the `minilm` fixture hands out deep copies)."""
 
 from __future__ import annotations
 
+import copy
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network; hub names fail fast
@@ -52,6 +54,27 @@ def make_batch(batch_size: int = 4, seq_len: int = 9, vocab_size: int = 99, seed
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+@pytest.fixture(autouse=True)
+def _no_profile_from_the_environment(monkeypatch):
+    """`make test` sets FTLIB_PROFILE=smoke for the notebooks; library tests see the default profile."""
+    monkeypatch.delenv("FTLIB_PROFILE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def _minilm_once():
+    """The embedded MiniLM classifier and tokenizer, loaded once per test process; never hand it out."""
+    from ftlib.models import build_classifier
+
+    return build_classifier()
+
+
+@pytest.fixture
+def minilm(_minilm_once):
+    """(SequenceClassifier, tokenizer): a fresh deep copy of build_classifier() for each test, in train mode."""
+    model, tokenizer = _minilm_once
+    return copy.deepcopy(model), copy.deepcopy(tokenizer)
+
+
 @pytest.fixture(params=ARCHS)
 def arch(request) -> str:
     return request.param
@@ -92,3 +115,12 @@ def block_of(name: str) -> str:
     if name.startswith("encoder.encoder.layer."):
         return f"layer.{name.split('.')[3]}"
     return "head"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Notebooks first, last chapter first, then the library tests: under xdist (`make test`) the longest
+    items (chapter 08 runs the whole comparison) start at once and the many short test files fill the gaps.
+    The sort is stable, so each notebook's cells keep their order; `--no-loadscope-reorder` keeps this one."""
+    notebooks = sorted({item.path for item in items if item.path.suffix == ".ipynb"}, reverse=True)
+    rank = {path: i for i, path in enumerate(notebooks)}
+    items.sort(key=lambda item: rank.get(item.path, len(rank)))

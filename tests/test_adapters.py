@@ -256,10 +256,8 @@ def test_adapter_rejects_bad_sizes_and_activations():
 
 
 @pytest.mark.slow
-def test_embedded_minilm_identity_at_init_and_closed_form_count():
-    from ftlib.models import build_classifier
-
-    model, tok = build_classifier()
+def test_embedded_minilm_identity_at_init_and_closed_form_count(minilm):
+    model, tok = minilm
     model.eval()
     enc = tok(["adapters keep the backbone frozen", "a second, longer sentence for padding"],
               padding=True, return_tensors="pt")

@@ -145,7 +145,7 @@ def test_get_profile_honours_env(monkeypatch):
     assert get_profile(device="cpu") is PROFILES["full"]
     assert get_profile("quick", device="cpu") is PROFILES["quick"]  # an explicit name wins
     monkeypatch.setenv("FTLIB_PROFILE", "nope")
-    with pytest.raises(ValueError, match=r"unknown profile 'nope'; choose one of \['full', 'quick'\]"):
+    with pytest.raises(ValueError, match=r"unknown profile 'nope'; choose one of \['full', 'quick', 'smoke'\]"):
         get_profile(device="cpu")
 
 
@@ -160,6 +160,13 @@ def test_profiles_are_what_they_say():
     assert full.max_train is None and full.max_eval is None and full.max_length >= quick.max_length
     with pytest.raises(AttributeError):
         quick.epochs = 5  # frozen: a profile cannot drift during a run
+
+
+def test_smoke_profile_is_a_small_subset_of_quick():
+    smoke, quick = PROFILES["smoke"], PROFILES["quick"]
+    assert (smoke.max_train, smoke.max_eval, smoke.epochs) == (200, 200, 1)
+    assert (smoke.max_length, smoke.batch_size) == (quick.max_length, quick.batch_size)  # same shapes, less data
+    assert get_profile("smoke", device="cuda") is smoke
 
 
 # --- device ----------------------------------------------------------------------------------------------

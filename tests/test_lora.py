@@ -249,10 +249,8 @@ def test_bare_encoder_works_too(batch, tmp_path):
 
 
 @pytest.mark.slow
-def test_minilm_query_value_count_matches_closed_form_and_peft():
-    from ftlib.models import build_classifier
-
-    model, _ = build_classifier()
+def test_minilm_query_value_count_matches_closed_form_and_peft(minilm):
+    model, _ = minilm
     bare = copy.deepcopy(model.encoder)
     apply_lora(model, rank=8, targets=("query", "value"))
     assert count_parameters(model.encoder).trainable == 6 * 2 * 8 * (384 + 384) == 73_728

@@ -167,8 +167,8 @@ def test_embedded_model_path_has_weights():
 
 
 @pytest.mark.slow
-def test_embedded_minilm():
-    encoder, tokenizer = load_encoder()
+def test_embedded_minilm(minilm):
+    encoder, tokenizer = minilm[0].encoder, minilm[1]  # the fixture's build_classifier() calls load_encoder()
     assert (encoder.config.num_hidden_layers, encoder.config.hidden_size) == (6, 384)
     assert len(encoder_layers(encoder)) == 6
     assert getattr(encoder, "pooler", None) is None

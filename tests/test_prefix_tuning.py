@@ -254,10 +254,8 @@ def test_bake_and_disable_need_a_prefix():
 
 
 @pytest.mark.slow
-def test_embedded_minilm():
-    from ftlib.models import build_classifier
-
-    original, tokenizer = build_classifier()
+def test_embedded_minilm(minilm):
+    original, tokenizer = minilm
     original.eval()
     model = copy.deepcopy(original)
     apply_prefix_tuning(model)  # defaults: 20 prefix vectors, projection 512

@@ -296,10 +296,8 @@ def test_unknown_strategy_lists_the_names():
 
 
 @pytest.mark.slow
-def test_embedded_minilm_every_strategy_counts_and_starts_unchanged():
-    from ftlib.models import build_classifier
-
-    base, tokenizer = build_classifier()
+def test_embedded_minilm_every_strategy_counts_and_starts_unchanged(minilm):
+    base, tokenizer = minilm
     base.eval()
     cfg = base.config
     assert (cfg.hidden_size, cfg.num_hidden_layers, base.num_labels) == (384, 6, 2)

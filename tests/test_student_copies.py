@@ -1,4 +1,8 @@
-"""Student copies: solutions stubbed, outputs cleared, in sync with the chapters, runnable up to exercise 1."""
+"""Student copies: solutions stubbed, outputs cleared, in sync with the chapters, runnable up to exercise 1.
+
+A student copy is not executed here: nbval executes every chapter in `make test`, every cell of the copy
+outside a solution block equals the chapter's, and every cell of the copy compiles (so each stub is valid
+Python). Together these prove a student can run every cell before the first exercise."""
 
 from __future__ import annotations
 
@@ -50,14 +54,43 @@ def test_every_chapter_has_checked_exercises(chapter):
         sum(src.count("# BEGIN SOLUTION") for src in code)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
-def test_student_copy_runs_up_to_the_first_exercise(chapter):
-    """A student can run every cell before the first exercise without an error."""
-    from nbclient import NotebookClient
+def compile_cell(source: str, name: str = "<cell>"):
+    """Compile a notebook cell as IPython would run it: magics such as `%matplotlib inline` become Python."""
+    from IPython.core.inputtransformer2 import TransformerManager
 
-    nb = make_student.student_copy(nbformat.read(chapter, as_version=4))
-    first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and STUB in c.source)
-    nb.cells = nb.cells[:first]
-    NotebookClient(nb, timeout=900, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return compile(TransformerManager().transform_cell(source), name, "exec")
+
+
+def test_compile_cell_accepts_magics_and_rejects_broken_code():
+    compile_cell("%matplotlib inline\nimport math\n!echo hi\nx = math.pi")
+    compile_cell("def f(x):\n    raise NotImplementedError('Exercise')")
+    with pytest.raises(SyntaxError):
+        compile_cell("def f(x):\n# a stub that lost its indentation\nraise NotImplementedError('Exercise')")
+    with pytest.raises(SyntaxError):
+        compile_cell("%matplotlib inline\nfor x in range(3):\n")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_student_copy_compiles_and_differs_from_the_chapter_only_in_stubs(chapter):
+    """Every code cell compiles (stubs included); cells without a solution block are the chapter's own code,
+    so nbval's run of the chapter proves they run, up to the first exercise and beyond."""
+    nb = nbformat.read(chapter, as_version=4)
+    student = make_student.student_copy(nb)
+    assert [c.cell_type for c in student.cells] == [c.cell_type for c in nb.cells]
+    stubbed = 0
+    for i, (mine, theirs) in enumerate(zip(student.cells, nb.cells, strict=True)):
+        if mine.cell_type != "code":
+            assert mine.source == theirs.source, f"{chapter.name}: cell {i} changed in the student copy"
+            continue
+        try:
+            compile_cell(mine.source, f"{chapter.name}, cell {i}")
+        except SyntaxError as e:
+            pytest.fail(f"{chapter.name}: student cell {i} is not valid Python: {e}")
+        if "# BEGIN SOLUTION" in theirs.source:
+            stubbed += 1
+            assert STUB in mine.source and "# BEGIN SOLUTION" not in mine.source
+        else:
+            assert mine.source == theirs.source.rstrip("\n"), f"{chapter.name}: cell {i} changed in the student copy"
+    first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "# BEGIN SOLUTION" in c.source)
+    assert any(c.cell_type == "code" for c in nb.cells[:first]), f"{chapter.name}: nothing to run before exercise 1"
+    assert stubbed >= 2
