@@ -19,6 +19,7 @@ from .lora import lora_layers, merge_lora
 from .models import build_classifier
 from .params import save_trainable
 from .profiles import get_profile
+from .quant import quant_layers
 from .spectrum import singular_values, weight_updates
 from .strategies import get_recipe
 from .train import evaluate, progress_bar
@@ -42,7 +43,7 @@ def _disk_bytes(model) -> int:
 def measure(model, tokenizer, name: str, probe: RetentionProbe, ood: dict, prof, device) -> dict:
     """Everything beyond test accuracy for one trained model."""
     row = {"disk_mb": _disk_bytes(model) / 2**20}
-    if lora_layers(model):
+    if lora_layers(model) and not quant_layers(model):  # a 4-bit base cannot be merged (ftlib.qlora)
         merge_lora(model)  # probe the deployed form; merged outputs equal unmerged (tested)
     for key, ds in ood.items():
         loader = make_loader(ds, tokenizer, prof.batch_size, prof.max_length)

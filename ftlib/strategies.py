@@ -9,11 +9,16 @@ from torch import nn
 
 from .adapters import apply_adapters
 from .discriminative_lr import apply_discriminative_lr, layerwise_param_groups, slanted_triangular
+from .dora import apply_dora
 from .feature_extraction import apply_feature_extraction
 from .full import apply_full
 from .gradual_unfreezing import GradualUnfreezing, apply_gradual_unfreezing, unfreezing_order
 from .lora import apply_lora
+from .lora_plus import lora_plus_groups
+from .pissa import apply_pissa
 from .prefix_tuning import apply_prefix_tuning
+from .qlora import apply_qlora
+from .rslora import apply_rslora
 from .train import Callback
 
 
@@ -48,6 +53,13 @@ STRATEGIES: dict[str, Recipe] = {
         Recipe("lora", apply_lora, lr=1e-3, summary="rank-8 updates on query and value, base frozen"),
         Recipe("prefix-tuning", apply_prefix_tuning, lr=1e-3, summary="20 trained key/value prefixes per layer"),
         Recipe("adapters", apply_adapters, lr=1e-3, summary="Houlsby bottleneck adapters (64) in every layer"),
+        # beyond the reference text, part 2: the LoRA family people use today, and QLoRA
+        Recipe("lora-rs", apply_rslora, lr=1e-3, summary="LoRA r=8 scaled by alpha/sqrt(r) (rsLoRA)"),
+        Recipe("pissa", apply_pissa, lr=1e-3, summary="LoRA r=8 started from W's top singular vectors"),
+        Recipe("dora", apply_dora, lr=1e-3, summary="LoRA r=8 plus a trained magnitude per output unit"),
+        Recipe("lora-plus", apply_lora, lr=5e-4, groups=lambda model, lr: lora_plus_groups(model, lr, ratio=16),
+               summary="LoRA r=8, B at 16x the learning rate of A (LoRA+)"),
+        Recipe("qlora", apply_qlora, lr=1e-3, summary="LoRA r=8 on a frozen 4-bit NF4 base (double-quantised)"),
     ]
 }
 
