@@ -36,7 +36,7 @@ from ftlib.lora import apply_lora
 from ftlib.models import build_classifier
 from ftlib.params import count_parameters
 from ftlib.qlora import apply_qlora
-from ftlib.quant import quant_layers, quant_memory
+from ftlib.quant import quant_layers, quant_memory, quantize
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -142,8 +142,9 @@ def main(argv=None) -> int:
     texts = ["a gripping, beautifully acted film", "dull and far too long", "the best thing I have seen this year",
              "a mess from start to finish", "I laughed, I cried, I bought the DVD"]
     enc = {k: v.to(device) for k, v in tokenizer(texts, padding=True, return_tensors="pt").items()}
+    fresh = quantize(copy.deepcopy(base)).to(device).eval()  # q has trained: compare the untrained NF4 base
     with torch.no_grad():
-        cos = F.cosine_similarity(base.to(device).features(**enc), q.eval().features(**enc), dim=-1)
+        cos = F.cosine_similarity(base.to(device).features(**enc), fresh.features(**enc), dim=-1)
     print(f"pooled features, fp32 vs NF4 base, on {len(texts)} reviews: cosine similarity min {cos.min():.4f}, "
           f"mean {cos.mean():.4f}")
     return 0
