@@ -12,9 +12,14 @@ from torch import nn
 
 from . import adapters, full, lora, prefix_tuning
 from .discriminative_lr import apply_discriminative_lr, layerwise_param_groups, slanted_triangular
+from .dora import apply_dora
 from .feature_extraction import apply_feature_extraction
 from .gradual_unfreezing import GradualUnfreezing, apply_gradual_unfreezing, even_interval, unfreezing_order
 from .lifecycle import Recipe, prepare
+from .lora_plus import lora_plus_groups
+from .pissa import apply_pissa
+from .qlora import apply_qlora
+from .rslora import apply_rslora
 from .train import Callback
 
 __all__ = ["STRATEGIES", "Recipe", "get_recipe"]
@@ -55,6 +60,13 @@ STRATEGIES: dict[str, Recipe] = {
         lora.RECIPE,
         prefix_tuning.RECIPE,
         adapters.RECIPE,
+        # beyond the reference text, part 2: the LoRA family people use today, and QLoRA
+        Recipe("lora-rs", apply_rslora, lr=1e-3, summary="LoRA r=8 scaled by alpha/sqrt(r) (rsLoRA)"),
+        Recipe("pissa", apply_pissa, lr=1e-3, summary="LoRA r=8 started from W's top singular vectors"),
+        Recipe("dora", apply_dora, lr=1e-3, summary="LoRA r=8 plus a trained magnitude per output unit"),
+        Recipe("lora-plus", lora.apply_lora, lr=5e-4, groups=lambda model, lr: lora_plus_groups(model, lr, ratio=16),
+               summary="LoRA r=8, B at 16x the learning rate of A (LoRA+)"),
+        Recipe("qlora", apply_qlora, lr=1e-3, summary="LoRA r=8 on a frozen 4-bit NF4 base (double-quantised)"),
     ]
 }
 

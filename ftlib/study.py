@@ -148,7 +148,9 @@ def inference_form(model: nn.Module, name: str | None = None) -> nn.Module:
     if deploy is not None:
         return deploy(model) or model
     storage_form(model)
-    if lora_layers(model):
+    from .quant import quant_layers
+
+    if lora_layers(model) and not quant_layers(model):  # a 4-bit base cannot absorb LoRA (ftlib.qlora says why)
         merge_lora(model)
     return model
 

@@ -1,4 +1,4 @@
-"""One property table for all seven strategies of the registry, on tiny BERT/RoBERTa (and MiniLM, slow).
+"""One property table for all twelve strategies of the registry, on tiny BERT/RoBERTa (and MiniLM, slow).
 
 Each strategy is applied with the defaults its Recipe uses (STRATEGIES[name].apply), and the same
 properties are checked for every one of them: what trains (and how many parameters, in closed form),
@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -21,7 +21,8 @@ from conftest import TINY, make_model
 from torch import nn
 
 from ftlib.discriminative_lr import layerwise_param_groups
-from ftlib.lora import merge_lora
+from ftlib.lora import apply_lora, merge_lora
+from ftlib.lora_plus import lora_plus_groups
 from ftlib.params import (
     ParamCount,
     TrainingMemory,
@@ -32,6 +33,8 @@ from ftlib.params import (
     training_memory,
 )
 from ftlib.prefix_tuning import bake_prefix, prefix_disabled
+from ftlib.qlora import apply_qlora
+from ftlib.quant import quantize
 from ftlib.strategies import STRATEGIES, get_recipe
 from ftlib.train import param_groups
 
@@ -48,6 +51,15 @@ def lora_param(n: str) -> bool:
     return n.endswith((".lora_A", ".lora_B")) and (".attention.self.query." in n or ".attention.self.value." in n)
 
 
+def dora_param(n: str) -> bool:
+    return lora_param(n) or (n.endswith(".lora_magnitude") and (".query." in n or ".value." in n))
+
+
+def ffn(hidden: int) -> int:
+    """Intermediate size: the tiny models' odd 37, MiniLM's 4 * 384."""
+    return TINY["intermediate_size"] if hidden == TINY["hidden_size"] else 4 * hidden
+
+
 def adapter_param(n: str) -> bool:
     return ".adapter_attn." in n or ".adapter_ffn." in n
 
@@ -62,6 +74,9 @@ class Expect:
     zero_grad_at_init: Callable[[str], bool] = lambda n: False  # trainable tensors whose first gradient is exactly 0
     masked: Callable[[nn.Module], contextlib.AbstractContextManager] = lambda m: contextlib.nullcontext()
     merge: Callable[[nn.Module], nn.Module] | None = None  # merged/baked form with the same outputs
+    removed: Callable[[int, int], int] = lambda H, L: 0  # parameters that stop being parameters (quantised)
+    tiny: dict = field(default_factory=dict)  # apply() arguments the tiny models need (not MiniLM)
+    baseline: Callable[..., nn.Module] = lambda model, **kwargs: model  # what the applied model starts equal to
 
 
 EXPECT: dict[str, Expect] = {
@@ -79,19 +94,35 @@ EXPECT: dict[str, Expect] = {
     # up_proj starts at zero: identity at init, and down_proj's first gradient is exactly zero
     "adapters": Expect(trains=adapter_param, added=lambda H, L: 2 * L * (2 * H * M + M + H),
                        zero_grad_at_init=lambda n: ".down_proj." in n),
+    # beyond the reference text, part 2: the LoRA family, same shapes as lora
+    "lora-rs": Expect(trains=lora_param, added=lambda H, L: L * 2 * R * (H + H),
+                      zero_grad_at_init=lambda n: n.endswith(".lora_A"), merge=merge_lora),
+    "lora-plus": Expect(trains=lora_param, added=lambda H, L: L * 2 * R * (H + H),
+                        zero_grad_at_init=lambda n: n.endswith(".lora_A"), merge=merge_lora),
+    # PiSSA: A and B both start non-zero (W's top singular directions), so both get a gradient at once
+    "pissa": Expect(trains=lora_param, added=lambda H, L: L * 2 * R * (H + H), merge=merge_lora),
+    # DoRA: one magnitude per output feature on top of LoRA; B = 0 still zeroes A's first gradient
+    "dora": Expect(trains=dora_param, added=lambda H, L: L * 2 * (R * (H + H) + H),
+                   zero_grad_at_init=lambda n: n.endswith(".lora_A"), merge=merge_lora),
+    # QLoRA: every encoder weight becomes 4-bit buffers (no longer parameters); 64 divides none of the tiny
+    # models' 32 x 37 weights, so they use 32; at init it equals the quantised base, not the fp32 one
+    "qlora": Expect(trains=lora_param, added=lambda H, L: L * 2 * R * (H + H),
+                    removed=lambda H, L: L * (4 * H * H + 2 * H * ffn(H)),
+                    zero_grad_at_init=lambda n: n.endswith(".lora_A"), tiny={"blocksize": 32},
+                    baseline=lambda model, blocksize=64: quantize(model, blocksize)),
 }
 
 
 def expected_count(name: str, base_total: int, hidden: int = H, layers: int = L, labels: int = C) -> ParamCount:
     e = EXPECT[name]
-    total = base_total + e.added(hidden, layers)
+    total = base_total + e.added(hidden, layers) - e.removed(hidden, layers)
     trainable = total if e.everything_trains else e.added(hidden, layers) + hidden * labels + labels
     return ParamCount(trainable, total)
 
 
 def applied(name: str, arch: str = "bert", seed: int = 0) -> nn.Module:
     """A tiny seeded classifier (eval mode) with the strategy applied as the registry applies it."""
-    return STRATEGIES[name].apply(make_model(arch, seed=seed))
+    return STRATEGIES[name].apply(make_model(arch, seed=seed), **EXPECT[name].tiny)
 
 
 def logits(model: nn.Module, batch: dict) -> torch.Tensor:
@@ -126,13 +157,13 @@ def name(request) -> str:
 
 
 def test_the_table_covers_every_registered_strategy():
-    assert set(EXPECT) == set(STRATEGIES) and len(STRATEGIES) == 7
+    assert set(EXPECT) == set(STRATEGIES) and len(STRATEGIES) == 12
     for n, recipe in STRATEGIES.items():
         assert recipe.name == n and recipe.lr > 0 and get_recipe(n) is recipe
 
 
 def test_output_unchanged_right_after_applying(name, arch, batch):
-    expected = logits(make_model(arch), batch)  # an untouched copy of the same seeded model
+    expected = logits(EXPECT[name].baseline(make_model(arch), **EXPECT[name].tiny), batch)  # same seeded model
     model = applied(name, arch)
     with EXPECT[name].masked(model):
         torch.testing.assert_close(logits(model, batch), expected, atol=1e-6, rtol=0)
@@ -264,6 +295,16 @@ BAD_INPUTS = [  # (id, make the model, what to call on it, error, message)
     ("discriminative-decay-above-1", make_model, groups(base_lr=1e-4, decay=1.5), ValueError,
      r"decay must be in \(0, 1\]"),
     ("discriminative-base-lr-0", make_model, groups(base_lr=0.0), ValueError, "base_lr must be positive"),
+    ("pissa-rank-too-large", make_model, apply("pissa", rank=33), ValueError, r"rank=33 exceeds min\(in, out\)=32"),
+    ("dora-twice", twice("dora"), apply("dora"), ValueError, "already has LoRA layers"),
+    ("lora-plus-ratio-below-1", lambda: apply_lora(make_model()), lambda m: lora_plus_groups(m, 1e-3, ratio=0.5),
+     ValueError, r"ratio must be a number >= 1"),
+    ("qlora-twice", lambda: apply_qlora(make_model(), blocksize=32), apply("qlora", blocksize=32), ValueError,
+     "already quantised"),
+    ("qlora-blocksize-does-not-divide", make_model, apply("qlora"), ValueError,
+     r"blocksize=64 does not divide the weight of .*choose one that does \(16, 32\)"),
+    ("qlora-merge", lambda: apply_qlora(make_model(), blocksize=32), merge_lora, ValueError,
+     r"cannot merge LoRA into a 4-bit NF4 base.*dequantize\(model\) first"),
     ("discriminative-base-lr-negative", make_model,
      lambda model: STRATEGIES["discriminative-lr"].groups(model, -1e-4), ValueError, "base_lr must be positive"),
 ]
@@ -308,8 +349,9 @@ def test_embedded_minilm_every_strategy_counts_and_starts_unchanged(minilm):
         model = STRATEGIES[name].apply(copy.deepcopy(base))
         count = count_parameters(model)
         assert count == expected_count(name, base_total, 384, 6, 2), name
+        start = expected if name != "qlora" else logits(EXPECT[name].baseline(copy.deepcopy(base)), batch)
         with EXPECT[name].masked(model):
-            torch.testing.assert_close(logits(model, batch), expected, atol=1e-5, rtol=0, msg=name)
+            torch.testing.assert_close(logits(model, batch), start, atol=1e-5, rtol=0, msg=name)
         if name == "lora":
             assert count_parameters(model.encoder).trainable == 6 * 2 * 8 * (384 + 384) == 73_728
             assert count.trainable == 73_728 + 384 * 2 + 2 == 73_728 + 770
@@ -317,4 +359,6 @@ def test_embedded_minilm_every_strategy_counts_and_starts_unchanged(minilm):
             theirs = peft.get_peft_model(copy.deepcopy(base.encoder),
                                          peft.LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"]))
             assert count_parameters(theirs) == count_parameters(model.encoder)  # trainable and total
+        if name == "dora":
+            assert count_parameters(model.encoder).trainable == 78_336  # PEFT's count for use_dora=True, q+v, r=8
         del model
