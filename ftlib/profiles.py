@@ -23,6 +23,7 @@ class Profile:
 PROFILES = {
     "quick": Profile("quick", max_train=1000, max_eval=500, epochs=2, max_length=64, batch_size=32),
     "full": Profile("full", max_train=None, max_eval=None, epochs=4, max_length=128, batch_size=32),
+    "smoke": Profile("smoke", max_train=200, max_eval=200, epochs=1, max_length=64, batch_size=32),
 }
 
 

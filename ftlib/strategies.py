@@ -8,12 +8,16 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .adapters import apply_adapters
+from .bitfit import apply_bitfit
 from .discriminative_lr import apply_discriminative_lr, layerwise_param_groups, slanted_triangular
 from .feature_extraction import apply_feature_extraction
 from .full import apply_full
 from .gradual_unfreezing import GradualUnfreezing, apply_gradual_unfreezing, unfreezing_order
+from .ia3 import apply_ia3
+from .ln_tuning import apply_ln_tuning
 from .lora import apply_lora
 from .prefix_tuning import apply_prefix_tuning
+from .prompt_tuning import apply_prompt_tuning
 from .train import Callback
 
 
@@ -48,6 +52,11 @@ STRATEGIES: dict[str, Recipe] = {
         Recipe("lora", apply_lora, lr=1e-3, summary="rank-8 updates on query and value, base frozen"),
         Recipe("prefix-tuning", apply_prefix_tuning, lr=1e-3, summary="20 trained key/value prefixes per layer"),
         Recipe("adapters", apply_adapters, lr=1e-3, summary="Houlsby bottleneck adapters (64) in every layer"),
+        # beyond the reference text, part 1
+        Recipe("bitfit", apply_bitfit, lr=1e-3, summary="only the bias terms train (and the head)"),
+        Recipe("ln-tuning", apply_ln_tuning, lr=1e-3, summary="only the LayerNorm gains and biases train"),
+        Recipe("ia3", apply_ia3, lr=3e-3, summary="(IA)^3 vectors rescale keys, values and FFN units"),
+        Recipe("prompt-tuning", apply_prompt_tuning, lr=3e-2, summary="20 trained soft tokens before the input"),
     ]
 }
 
