@@ -31,6 +31,7 @@ from torch import nn
 from .models import SequenceClassifier, base_encoder
 from .params import freeze_except, load_trainable, save_trainable, trainable_state_dict
 from .selective import refuse_incompatible
+from .train import NO_DECAY
 
 PREFIX = "ia3_"  # the learned vectors are named ….ia3_l; freezing and saving select them by this prefix
 
@@ -160,6 +161,16 @@ def apply_ia3(model: nn.Module, targets: str | Iterable[str] = ("key", "value", 
         model.set_submodule(name, IA3Linear(lin, ff).train(lin.training))
     model.ia3_config = config  # a plain attribute: what save_ia3 writes into the file's metadata
     return freeze_except(model, lambda n: any(part.startswith(PREFIX) for part in n.split(".")))
+
+
+def ia3_param_groups(model: nn.Module, weight_decay: float = 0.01) -> list[dict]:
+    """fit's two AdamW groups, with the (IA)^3 vectors in the no-decay one: weight decay pulls a tensor
+    towards 0, and a scaling vector at 0 silences its features; its neutral value is 1, not 0."""
+    named = list(model.named_parameters())  # every tensor, as param_groups does (AdamW skips the frozen)
+    free = [p for n, p in named if n.endswith(NO_DECAY) or n.split(".")[-1].startswith(PREFIX)]
+    ids = {id(p) for p in free}
+    return [{"params": [p for _, p in named if id(p) not in ids], "weight_decay": weight_decay},
+            {"params": free, "weight_decay": 0.0}]
 
 
 def _layers(model: nn.Module, verb: str) -> dict[str, IA3Linear]:

@@ -13,7 +13,7 @@ from .discriminative_lr import apply_discriminative_lr, layerwise_param_groups, 
 from .feature_extraction import apply_feature_extraction
 from .full import apply_full
 from .gradual_unfreezing import GradualUnfreezing, apply_gradual_unfreezing, unfreezing_order
-from .ia3 import apply_ia3
+from .ia3 import apply_ia3, ia3_param_groups
 from .ln_tuning import apply_ln_tuning
 from .lora import apply_lora
 from .prefix_tuning import apply_prefix_tuning
@@ -55,7 +55,8 @@ STRATEGIES: dict[str, Recipe] = {
         # beyond the reference text, part 1
         Recipe("bitfit", apply_bitfit, lr=1e-3, summary="only the bias terms train (and the head)"),
         Recipe("ln-tuning", apply_ln_tuning, lr=1e-3, summary="only the LayerNorm gains and biases train"),
-        Recipe("ia3", apply_ia3, lr=3e-3, summary="(IA)^3 vectors rescale keys, values and FFN units"),
+        Recipe("ia3", apply_ia3, lr=3e-3, groups=lambda model, lr: ia3_param_groups(model),
+               summary="(IA)^3 vectors rescale keys, values and FFN units"),
         Recipe("prompt-tuning", apply_prompt_tuning, lr=3e-2, summary="20 trained soft tokens before the input"),
     ]
 }

@@ -187,3 +187,23 @@ def test_embedded_minilm_matches_peft():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert check_parity(model, dict(enc)) == 6 * (384 + 384 + 384 + 1536) == 16_128
+
+
+def test_param_groups_never_decay_the_vectors():
+    from ftlib.ia3 import ia3_param_groups
+    from ftlib.strategies import STRATEGIES
+
+    model = apply_ia3(make_model())
+    decay, free = ia3_param_groups(model)
+    vectors = {id(p) for n, p in model.named_parameters() if n.endswith(".ia3_l")}
+    assert vectors and vectors <= {id(p) for p in free["params"]} and free["weight_decay"] == 0.0
+    assert not vectors & {id(p) for p in decay["params"]} and decay["weight_decay"] > 0
+    assert len(decay["params"]) + len(free["params"]) == len(list(model.parameters()))  # every tensor, once
+    assert id(model.classifier.weight) in {id(p) for p in decay["params"]}
+    assert STRATEGIES["ia3"].groups is not None
+    # with decay and a zero gradient, AdamW would pull a vector from 1 towards 0; in the free group it stays
+    opt = torch.optim.AdamW(STRATEGIES["ia3"].groups(model, 1e-2), lr=1e-2)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p) if p.requires_grad else None
+    opt.step()
+    assert all(torch.equal(layer.ia3_l, torch.ones_like(layer.ia3_l)) for layer in ia3_layers(model).values())
