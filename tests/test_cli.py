@@ -137,7 +137,7 @@ def test_get_profile_honours_env(monkeypatch):
     assert get_profile(device="cpu") is PROFILES["full"]
     assert get_profile("quick", device="cpu") is PROFILES["quick"]  # an explicit name wins
     monkeypatch.setenv("FTLIB_PROFILE", "nope")
-    with pytest.raises(ValueError, match=r"unknown profile 'nope'; choose one of \['full', 'quick'\]"):
+    with pytest.raises(ValueError, match=r"unknown profile 'nope'; choose one of \['full', 'quick', 'smoke'\]"):
         get_profile(device="cpu")
 
 
