@@ -11,13 +11,17 @@ from collections.abc import Callable
 from torch import nn
 
 from . import adapters, full, lora, prefix_tuning
+from .bitfit import apply_bitfit
 from .discriminative_lr import apply_discriminative_lr, layerwise_param_groups, slanted_triangular
 from .dora import apply_dora
 from .feature_extraction import apply_feature_extraction
 from .gradual_unfreezing import GradualUnfreezing, apply_gradual_unfreezing, even_interval, unfreezing_order
+from .ia3 import apply_ia3, ia3_param_groups
 from .lifecycle import Recipe, prepare
+from .ln_tuning import apply_ln_tuning
 from .lora_plus import lora_plus_groups
 from .pissa import apply_pissa
+from .prompt_tuning import apply_prompt_tuning
 from .qlora import apply_qlora
 from .rslora import apply_rslora
 from .train import Callback
@@ -60,6 +64,12 @@ STRATEGIES: dict[str, Recipe] = {
         lora.RECIPE,
         prefix_tuning.RECIPE,
         adapters.RECIPE,
+        # beyond the reference text, part 1
+        Recipe("bitfit", apply_bitfit, lr=1e-3, summary="only the bias terms train (and the head)"),
+        Recipe("ln-tuning", apply_ln_tuning, lr=1e-3, summary="only the LayerNorm gains and biases train"),
+        Recipe("ia3", apply_ia3, lr=3e-3, groups=lambda model, lr: ia3_param_groups(model),
+               summary="(IA)^3 vectors rescale keys, values and FFN units"),
+        Recipe("prompt-tuning", apply_prompt_tuning, lr=3e-2, summary="20 trained soft tokens before the input"),
         # beyond the reference text, part 2: the LoRA family people use today, and QLoRA
         Recipe("lora-rs", apply_rslora, lr=1e-3, summary="LoRA r=8 scaled by alpha/sqrt(r) (rsLoRA)"),
         Recipe("pissa", apply_pissa, lr=1e-3, summary="LoRA r=8 started from W's top singular vectors"),

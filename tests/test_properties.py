@@ -1,4 +1,4 @@
-"""One property table for all twelve strategies of the registry, on tiny BERT/RoBERTa (and MiniLM, slow).
+"""One property table for all sixteen strategies of the registry, on tiny BERT/RoBERTa (and MiniLM, slow).
 
 Each strategy is applied with the defaults its Recipe uses (STRATEGIES[name].apply), and the same
 properties are checked for every one of them: what trains (and how many parameters, in closed form),
@@ -21,6 +21,7 @@ from conftest import TINY, make_model
 from torch import nn
 
 from ftlib.discriminative_lr import layerwise_param_groups
+from ftlib.ia3 import merge_ia3
 from ftlib.lora import apply_lora, merge_lora
 from ftlib.lora_plus import lora_plus_groups
 from ftlib.params import (
@@ -33,13 +34,15 @@ from ftlib.params import (
     training_memory,
 )
 from ftlib.prefix_tuning import bake_prefix, prefix_disabled
+from ftlib.prompt_tuning import prompt_disabled
 from ftlib.qlora import apply_qlora
 from ftlib.quant import quantize
 from ftlib.strategies import STRATEGIES, get_recipe
 from ftlib.train import param_groups
 
 H, L, C = TINY["hidden_size"], TINY["num_hidden_layers"], 3  # make_model's head has 3 classes
-R, P, D, M = 8, 20, 512, 64  # the registry's defaults: LoRA rank, prefix length and projection, adapter bottleneck
+FF = TINY["intermediate_size"]  # the feed-forward width (I): BitFit and (IA)^3 counts depend on it
+R, P, D, M = 8, 20, 512, 64  # the registry's defaults: LoRA rank, prefix/prompt length and projection, adapter bottleneck
 NAMES = sorted(STRATEGIES)
 
 
@@ -69,7 +72,8 @@ class Expect:
     """What applying a strategy with its registry defaults must do to a SequenceClassifier."""
 
     trains: Callable[[str], bool]  # parameter names that must be trainable (the head always is)
-    added: Callable[[int, int], int]  # (hidden size H, layers L) -> parameters the strategy adds
+    added: Callable[[int, int, int], int]  # (hidden size H, layers L, FFN width FF) -> parameters the strategy adds
+    selected: Callable[[int, int, int], int] = lambda H, L, FF: 0  # the model's own parameters it trains (selective)
     everything_trains: bool = False  # full / discriminative: the trainable count is the total
     zero_grad_at_init: Callable[[str], bool] = lambda n: False  # trainable tensors whose first gradient is exactly 0
     masked: Callable[[nn.Module], contextlib.AbstractContextManager] = lambda m: contextlib.nullcontext()
@@ -80,43 +84,58 @@ class Expect:
 
 
 EXPECT: dict[str, Expect] = {
-    "full": Expect(trains=lambda n: True, added=lambda H, L: 0, everything_trains=True),
-    "feature-extraction": Expect(trains=head, added=lambda H, L: 0),
-    "gradual-unfreezing": Expect(trains=head, added=lambda H, L: 0),  # head only at the start
-    "discriminative-lr": Expect(trains=lambda n: True, added=lambda H, L: 0, everything_trains=True),
+    "full": Expect(trains=lambda n: True, added=lambda H, L, FF: 0, everything_trains=True),
+    "feature-extraction": Expect(trains=head, added=lambda H, L, FF: 0),
+    "gradual-unfreezing": Expect(trains=head, added=lambda H, L, FF: 0),  # head only at the start
+    "discriminative-lr": Expect(trains=lambda n: True, added=lambda H, L, FF: 0, everything_trains=True),
     # B starts at zero: the update is zero, and A's first gradient (through B) is exactly zero
-    "lora": Expect(trains=lora_param, added=lambda H, L: L * 2 * R * (H + H),
+    "lora": Expect(trains=lora_param, added=lambda H, L, FF: L * 2 * R * (H + H),
                    zero_grad_at_init=lambda n: n.endswith(".lora_A"), merge=merge_lora),
     # the prefix is only "no change" when masked out; the MLP bakes into plain tensors
     "prefix-tuning": Expect(trains=lambda n: n.startswith("prefix_encoder."),
-                            added=lambda H, L: P * H + H * D + D + D * 2 * L * H + 2 * L * H,
+                            added=lambda H, L, FF: P * H + H * D + D + D * 2 * L * H + 2 * L * H,
                             masked=prefix_disabled, merge=bake_prefix),
     # up_proj starts at zero: identity at init, and down_proj's first gradient is exactly zero
-    "adapters": Expect(trains=adapter_param, added=lambda H, L: 2 * L * (2 * H * M + M + H),
+    "adapters": Expect(trains=adapter_param, added=lambda H, L, FF: 2 * L * (2 * H * M + M + H),
                        zero_grad_at_init=lambda n: ".down_proj." in n),
     # beyond the reference text, part 2: the LoRA family, same shapes as lora
-    "lora-rs": Expect(trains=lora_param, added=lambda H, L: L * 2 * R * (H + H),
+    "lora-rs": Expect(trains=lora_param, added=lambda H, L, FF: L * 2 * R * (H + H),
                       zero_grad_at_init=lambda n: n.endswith(".lora_A"), merge=merge_lora),
-    "lora-plus": Expect(trains=lora_param, added=lambda H, L: L * 2 * R * (H + H),
+    "lora-plus": Expect(trains=lora_param, added=lambda H, L, FF: L * 2 * R * (H + H),
                         zero_grad_at_init=lambda n: n.endswith(".lora_A"), merge=merge_lora),
     # PiSSA: A and B both start non-zero (W's top singular directions), so both get a gradient at once
-    "pissa": Expect(trains=lora_param, added=lambda H, L: L * 2 * R * (H + H), merge=merge_lora),
+    "pissa": Expect(trains=lora_param, added=lambda H, L, FF: L * 2 * R * (H + H), merge=merge_lora),
     # DoRA: one magnitude per output feature on top of LoRA; B = 0 still zeroes A's first gradient
-    "dora": Expect(trains=dora_param, added=lambda H, L: L * 2 * (R * (H + H) + H),
+    "dora": Expect(trains=dora_param, added=lambda H, L, FF: L * 2 * (R * (H + H) + H),
                    zero_grad_at_init=lambda n: n.endswith(".lora_A"), merge=merge_lora),
     # QLoRA: every encoder weight becomes 4-bit buffers (no longer parameters); 64 divides none of the tiny
     # models' 32 x 37 weights, so they use 32; at init it equals the quantised base, not the fp32 one
-    "qlora": Expect(trains=lora_param, added=lambda H, L: L * 2 * R * (H + H),
+    "qlora": Expect(trains=lora_param, added=lambda H, L, FF: L * 2 * R * (H + H),
                     removed=lambda H, L: L * (4 * H * H + 2 * H * ffn(H)),
                     zero_grad_at_init=lambda n: n.endswith(".lora_A"), tiny={"blocksize": 32},
                     baseline=lambda model, blocksize=64: quantize(model, blocksize)),
+    # beyond the reference text, part 1
+    # every bias: the embedding LayerNorm's H, then per layer q/k/v 3H, attention output H, its LayerNorm H,
+    # intermediate FF, output H, its LayerNorm H
+    "bitfit": Expect(trains=lambda n: n.startswith("encoder.") and n.endswith(".bias"), added=lambda H, L, FF: 0,
+                     selected=lambda H, L, FF: H + L * (7 * H + FF)),
+    # gain and bias of the embedding LayerNorm and of the two per layer
+    "ln-tuning": Expect(trains=lambda n: ".LayerNorm." in n, added=lambda H, L, FF: 0,
+                        selected=lambda H, L, FF: (2 * L + 1) * 2 * H),
+    # key H, value H, attention output (input side) H, FFN output (input side) FF; ones init: identity
+    "ia3": Expect(trains=lambda n: n.endswith(".ia3_l"), added=lambda H, L, FF: L * (3 * H + FF), merge=merge_ia3),
+    # the prompt changes outputs (it is new input), so "unchanged" holds with it disabled
+    "prompt-tuning": Expect(trains=lambda n: n.startswith("prompt_encoder."), added=lambda H, L, FF: P * H,
+                            masked=prompt_disabled),
 }
 
 
-def expected_count(name: str, base_total: int, hidden: int = H, layers: int = L, labels: int = C) -> ParamCount:
+def expected_count(name: str, base_total: int, hidden: int = H, layers: int = L, labels: int = C,
+                   ff: int = FF) -> ParamCount:
     e = EXPECT[name]
-    total = base_total + e.added(hidden, layers) - e.removed(hidden, layers)
-    trainable = total if e.everything_trains else e.added(hidden, layers) + hidden * labels + labels
+    total = base_total + e.added(hidden, layers, ff) - e.removed(hidden, layers)
+    own = e.added(hidden, layers, ff) + e.selected(hidden, layers, ff)
+    trainable = total if e.everything_trains else own + hidden * labels + labels
     return ParamCount(trainable, total)
 
 
@@ -157,7 +176,7 @@ def name(request) -> str:
 
 
 def test_the_table_covers_every_registered_strategy():
-    assert set(EXPECT) == set(STRATEGIES) and len(STRATEGIES) == 12
+    assert set(EXPECT) == set(STRATEGIES) and len(STRATEGIES) == 16
     for n, recipe in STRATEGIES.items():
         assert recipe.name == n and recipe.lr > 0 and get_recipe(n) is recipe
 
@@ -294,6 +313,23 @@ BAD_INPUTS = [  # (id, make the model, what to call on it, error, message)
      r"decay must be in \(0, 1\]"),
     ("discriminative-decay-above-1", make_model, groups(base_lr=1e-4, decay=1.5), ValueError,
      r"decay must be in \(0, 1\]"),
+    ("bitfit-no-target", make_model, apply("bitfit", targets=("qkv",)), ValueError,
+     "target 'qkv' matches no module with a bias"),
+    ("bitfit-twice", twice("bitfit"), apply("bitfit"), ValueError, r"already applied.*remove_bitfit"),
+    ("bitfit-after-lora", twice("lora"), apply("bitfit"), ValueError, "lora_\\* parameters .* silently stop training"),
+    ("ln-tuning-no-target", make_model, apply("ln-tuning", targets=("ln_f",)), ValueError,
+     "target 'ln_f' matches no nn.LayerNorm"),
+    ("ln-tuning-twice", twice("ln-tuning"), apply("ln-tuning"), ValueError, r"already applied.*remove_ln_tuning"),
+    ("ia3-no-target", make_model, apply("ia3", targets=("qkv",), feedforward=()), ValueError,
+     "target 'qkv' matches no nn.Linear"),
+    ("ia3-twice", twice("ia3"), apply("ia3"), ValueError, "already applied.*merge_ia3 or remove_ia3"),
+    ("ia3-after-adapters", twice("adapters"), apply("ia3"), ValueError, "adapter_\\* parameters"),
+    ("prompt-zero-tokens", make_model, apply("prompt-tuning", num_tokens=0), ValueError,
+     "num_tokens must be a positive int"),
+    ("prompt-twice", twice("prompt-tuning"), apply("prompt-tuning"), ValueError,
+     r"already applied.*remove_prompt_tuning"),
+    ("prompt-after-feature-extraction", twice("feature-extraction"), apply("prompt-tuning"), ValueError,
+     "cannot follow feature extraction"),
     ("discriminative-base-lr-0", make_model, groups(base_lr=0.0), ValueError, "base_lr must be positive"),
     ("pissa-rank-too-large", make_model, apply("pissa", rank=33), ValueError, r"rank=33 exceeds min\(in, out\)=32"),
     ("dora-twice", twice("dora"), apply("dora"), ValueError, "already has LoRA layers"),
@@ -348,10 +384,13 @@ def test_embedded_minilm_every_strategy_counts_and_starts_unchanged(minilm):
     for name in NAMES:
         model = STRATEGIES[name].apply(copy.deepcopy(base))
         count = count_parameters(model)
-        assert count == expected_count(name, base_total, 384, 6, 2), name
+        assert count == expected_count(name, base_total, 384, 6, 2, 1536), name
         start = expected if name != "qlora" else logits(EXPECT[name].baseline(copy.deepcopy(base)), batch)
         with EXPECT[name].masked(model):
             torch.testing.assert_close(logits(model, batch), start, atol=1e-5, rtol=0, msg=name)
+        own = {"bitfit": 25_728, "ln-tuning": 9_984, "ia3": 16_128, "prompt-tuning": 7_680}  # PEFT's counts for
+        if name in own:  # the last three (tests/test_ln_tuning.py, test_ia3.py, test_prompt_tuning.py)
+            assert count.trainable == own[name] + 770, name
         if name == "lora":
             assert count_parameters(model.encoder).trainable == 6 * 2 * 8 * (384 + 384) == 73_728
             assert count.trainable == 73_728 + 384 * 2 + 2 == 73_728 + 770
