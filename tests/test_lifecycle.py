@@ -246,8 +246,8 @@ def test_apply_takes_keywords_or_a_frozen_config_with_the_same_result(module, cl
 def test_each_strategy_module_owns_its_recipe():
     for module in (full, lora, prefix_tuning, adapters):
         assert STRATEGIES[module.RECIPE.name] is module.RECIPE and module.RECIPE.lr == module.LR
-    assert list(STRATEGIES) == ["full", "feature-extraction", "gradual-unfreezing", "discriminative-lr", "lora",
-                                "prefix-tuning", "adapters"]
+    assert list(STRATEGIES)[:7] == ["full", "feature-extraction", "gradual-unfreezing", "discriminative-lr", "lora",
+                                    "prefix-tuning", "adapters"]  # the reference text's seven first, in its order
 
 
 @pytest.mark.parametrize("make, match", [
