@@ -59,6 +59,7 @@ DYNAMIC = dynamic_code()
 
 def _nearest(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     """Index of the nearest code value (code sorted); a value on a midpoint goes to the lower one."""
+    code = code.to(x.device)  # the codebooks live on the CPU; a weight may be on a GPU (tests/test_gpu.py)
     return torch.bucketize(x, (code[:-1] + code[1:]) / 2).to(torch.uint8)
 
 
