@@ -124,6 +124,16 @@ def _check_arguments(model, train_loader, val_loader, epochs, grad_accum, metric
     return epochs
 
 
+def _check_thawing(model: nn.Module, callbacks: Sequence[Callback]) -> None:
+    """Gradual unfreezing without a thawing callback would silently train the head alone."""
+    tag = strategy_tag(model)
+    if tag is not None and tag.name == "gradual-unfreezing" and \
+            not any(getattr(cb, "changes_trainable", False) for cb in callbacks):
+        raise ValueError("the model was prepared for gradual unfreezing but no callback thaws it, so only the head "
+                         "would train: pass callbacks=[GradualUnfreezing(...)] (ftlib.gradual_unfreezing), or "
+                         "get_recipe('gradual-unfreezing').callbacks(model, total_steps)")
+
+
 # --- the loop ------------------------------------------------------------------------------------------------
 
 
@@ -199,6 +209,7 @@ def fit(
     With `checkpoint_dir`, a checkpoint is written after every epoch; `resume=True` continues from it.
     """
     epochs = _check_arguments(model, train_loader, val_loader, epochs, grad_accum, metric, resume, checkpoint_dir)
+    _check_thawing(model, callbacks)
     accelerator = accelerator or launched_accelerator()
     distributed = accelerator is not None and accelerator.num_processes > 1
     device = accelerator.device if accelerator else torch.device(device) if device is not None else get_device()

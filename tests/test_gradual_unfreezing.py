@@ -231,3 +231,16 @@ def test_the_registry_recipe_thaws_every_block_with_gradient_accumulation(layers
     assert [stage for stage, _ in cb.log] == [cb.every * k for k in range(1, layers + 2)]
     assert cb.every == batches // grad_accum // (layers + 2)
     assert changed_blocks(model, before) == {"head", "embeddings", *(f"layer.{i}" for i in range(layers))}
+
+
+def test_fit_refuses_gradual_unfreezing_without_a_thawing_callback():
+    """Issue 11: apply_gradual_unfreezing then fit without its callback trained only the head, silently."""
+    from conftest import make_model, rows_loader
+
+    from ftlib.train import fit
+
+    model = apply_gradual_unfreezing(make_model())
+    with pytest.raises(ValueError, match=r"no callback thaws it.*callbacks=\[GradualUnfreezing"):
+        fit(model, rows_loader(8), epochs=1, lr=1e-3, device="cpu", progress=False)
+    fit(model, rows_loader(8), epochs=2, lr=1e-3, device="cpu", progress=False,
+        callbacks=[GradualUnfreezing(every=1, unit="epoch")])  # with its callback it trains
