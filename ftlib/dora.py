@@ -21,6 +21,8 @@ from torch import nn
 from ftlib.lora import LoRALinear, apply_lora, lora_layers
 from ftlib.qlora import rewrap
 
+from .strategy_tag import tag_strategy
+
 
 class DoRALinear(LoRALinear):
     """LoRALinear plus a trained magnitude per output feature; the direction is W + dW, row-normalised."""
@@ -71,7 +73,7 @@ def apply_dora(model: nn.Module, rank: int = 8, alpha: float = 16,
         dora = rewrap(layer, DoRALinear, layer.base)
         dora.lora_magnitude = nn.Parameter(dora.weight_norm())  # the shell's was computed on an empty weight
         model.set_submodule(name, dora)
-    return model
+    return tag_strategy(model, "dora", {"rank": rank, "alpha": alpha, "targets": targets, "dropout": dropout})
 
 
 def dora_layers(model: nn.Module) -> dict[str, DoRALinear]:

@@ -37,7 +37,7 @@ from ftlib.lifecycle import (
 )
 from ftlib.models import SequenceClassifier, base_encoder
 from ftlib.params import LORA_PREFIX, freeze_except, has_prefix, trainable_state_dict
-from ftlib.strategy_tag import tag_strategy
+from ftlib.strategy_tag import strategy_tag, tag_strategy
 
 ALL_LINEAR = "all-linear"
 LR = 1e-3  # peak learning rate on MiniLM (quick profile); full fine-tuning's 5e-5 barely moves B
@@ -287,6 +287,11 @@ def export_peft(model: nn.Module, path: str | Path, base_model_name_or_path: str
     peft.PeftModel.from_pretrained(encoder, path) then reproduces our encoder's outputs. The classifier
     head is not part of the adapter (PEFT loads it onto the bare encoder); keep it with save_lora.
     """
+    tag = strategy_tag(model)
+    if tag is not None and tag.name != "lora" or any(type(m) is not LoRALinear for m in lora_layers(model).values()):
+        raise ValueError(f"export_peft writes plain LoRA, but this model carries {tag.name if tag else 'a LoRA variant'} "
+                         "(its scaling, initialisation or layers differ): keep it with save_lora, or merge_lora and "
+                         "save the merged model")
     settings, encoder = lora_settings(model), base_encoder(model)
     tensors = {}
     for name, layer in lora_layers(encoder).items():

@@ -18,6 +18,8 @@ from torch import nn
 
 from ftlib.lora import apply_lora, lora_layers
 
+from .strategy_tag import tag_strategy
+
 
 @torch.no_grad()
 def pissa_init(layer: nn.Module) -> None:
@@ -41,4 +43,4 @@ def apply_pissa(model: nn.Module, rank: int = 8, alpha: float = 16,
     apply_lora(model, rank, alpha, targets, dropout)
     for layer in lora_layers(model).values():
         pissa_init(layer)
-    return model
+    return tag_strategy(model, "pissa", {"rank": rank, "alpha": alpha, "targets": targets, "dropout": dropout})

@@ -17,6 +17,8 @@ from ftlib.lora import LoRALinear, apply_lora, lora_layers
 from ftlib.params import freeze_except
 from ftlib.quant import check_quantizable, dequantize_layers, quant_layers, quantize
 
+from .strategy_tag import tag_strategy
+
 MERGE_REFUSED = ("cannot merge LoRA into a 4-bit NF4 base: W + BA needs the full-precision weight, and "
                  "re-quantising it would round the update away. Call dequantize(model) first (a plain fp32 "
                  "model with LoRA layers), then merge_lora(model)")
@@ -57,7 +59,9 @@ def apply_qlora(model: nn.Module, rank: int = 8, alpha: float = 16, targets: str
     quantize(model, blocksize, double_quant)  # every encoder linear, LoRA's bases included
     for name, layer in lora_layers(model).items():
         model.set_submodule(name, rewrap(layer, QLoRALinear, layer.base))
-    return freeze_except(model, lambda n: any(part.startswith("lora_") for part in n.split(".")))
+    freeze_except(model, lambda n: any(part.startswith("lora_") for part in n.split(".")))
+    return tag_strategy(model, "qlora", {"rank": rank, "alpha": alpha, "targets": targets, "dropout": dropout,
+                                         "blocksize": blocksize, "double_quant": double_quant})
 
 
 def dequantize(model: nn.Module) -> nn.Module:

@@ -15,6 +15,8 @@ from torch import nn
 
 from ftlib.lora import apply_lora, lora_layers
 
+from .strategy_tag import tag_strategy
+
 
 def rslora_scaling(alpha: float, rank: int) -> float:
     """The constant that multiplies x A B."""
@@ -27,4 +29,4 @@ def apply_rslora(model: nn.Module, rank: int = 8, alpha: float = 16,
     apply_lora(model, rank, alpha, targets, dropout)
     for layer in lora_layers(model).values():
         layer.scaling = rslora_scaling(alpha, rank)
-    return model
+    return tag_strategy(model, "lora-rs", {"rank": rank, "alpha": alpha, "targets": targets, "dropout": dropout})

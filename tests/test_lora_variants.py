@@ -295,3 +295,21 @@ def test_each_variant_refuses_a_second_application():
         with pytest.raises(ValueError, match="already has LoRA layers"):
             apply(model)
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in snapshot.items())
+
+
+@pytest.mark.parametrize("apply", [apply_rslora, apply_pissa, apply_dora], ids=["lora-rs", "pissa", "dora"])
+def test_export_peft_refuses_a_variant_it_would_write_as_plain_lora(apply, tmp_path):
+    """export_peft writes use_rslora=False, use_dora=False and the original base: silently wrong for a variant."""
+    from ftlib.lora import export_peft
+
+    with pytest.raises(ValueError, match="export_peft writes plain LoRA.*save_lora"):
+        export_peft(apply(make_model(), rank=4, alpha=8), tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()
+
+
+def test_variants_carry_their_own_strategy_tag():
+    """fit(lr=None) and checkpoints read the tag: a variant must not pass for plain LoRA."""
+    from ftlib.strategy_tag import strategy_tag
+
+    for apply, name in [(apply_rslora, "lora-rs"), (apply_pissa, "pissa"), (apply_dora, "dora")]:
+        assert strategy_tag(apply(make_model(), rank=4, alpha=8)).name == name
