@@ -68,8 +68,8 @@ if __name__ == "__main__":
     for p in sys.argv[2:]:
         r = run(Path(p).resolve())
         results.append(r)
-        print(f"{r['chapter']}: {'ok' if r['ok'] else 'FAILED at cell %s' % r.get('cell')} in {r['seconds']:.1f} s",
-              flush=True)
+        status = "ok" if r["ok"] else f"FAILED at cell {r.get('cell')}"
+        print(f"{r['chapter']}: {status} in {r['seconds']:.1f} s", flush=True)
         if not r["ok"]:
             print(r["error"], flush=True)
         out.write_text(json.dumps(results, indent=1))
