@@ -13,18 +13,25 @@ starting biases back (see selective.py).
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from .models import SequenceClassifier, base_encoder
-from .params import HEAD_PREFIXES, load_trainable, save_trainable
-from .selective import Selection, refuse_incompatible, restore, select, selection, swapped_out
+from .params import HEAD_PREFIXES
+from .selective import (
+    Selection,
+    load_selection,
+    refuse_incompatible,
+    restore,
+    save_selection,
+    select,
+    selection_state_dict,
+    swapped_out,
+)
 
 PREFIX = "bias"  # a tensor trains under BitFit when a component of its name starts with this (…dense.bias)
 ATTR = "bitfit_selection"  # where apply_bitfit records what it chose (a Selection, no parameters)
@@ -96,24 +103,14 @@ def bitfit_disabled(model: nn.Module) -> contextlib.AbstractContextManager[nn.Mo
 
 def bitfit_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The trained biases and the head: everything the task changed."""
-    sel = selection(model, ATTR, "apply_bitfit")
-    return {n: p.detach() for n, p in model.named_parameters() if n in sel.names or n.startswith(HEAD_PREFIXES)}
+    return selection_state_dict(model, ATTR, "apply_bitfit")
 
 
 def save_bitfit(model: nn.Module, path: str | Path) -> Path:
-    """Write bitfit_state_dict to safetensors, with the BitFit settings in its metadata."""
-    config = selection(model, ATTR, "apply_bitfit").config
-    return save_trainable(model, path, tensors=bitfit_state_dict(model), metadata={"bitfit": asdict(config)})
+    """Write bitfit_state_dict to safetensors, with the settings in its metadata."""
+    return save_selection(model, path, ATTR, "apply_bitfit", "bitfit")
 
 
 def load_bitfit(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load save_bitfit's file into a model given apply_bitfit with the same settings (checked)."""
-    with safe_open(str(path), framework="pt") as f:
-        saved = json.loads((f.metadata() or {}).get("ftlib", "{}")).get("bitfit")
-    if saved is None:
-        raise ValueError(f"{path} was not written by save_bitfit (no BitFit settings in its metadata)")
-    sel = selection(model, ATTR, "apply_bitfit")
-    if list(sel.config.targets) != list(saved["targets"]):
-        raise ValueError(f"{path} was saved with targets={tuple(saved['targets'])}, but the model has "
-                         f"targets={sel.config.targets}; apply_bitfit with the saved targets")
-    return load_trainable(model, path)
+    """Load save_bitfit's file into a model given apply_bitfit with the same targets (checked)."""
+    return load_selection(model, path, ATTR, "apply_bitfit", "bitfit")

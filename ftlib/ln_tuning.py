@@ -12,18 +12,24 @@ which selects the same numbers (tested: same count, same outputs after the same 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from .models import SequenceClassifier, base_encoder
-from .params import HEAD_PREFIXES, load_trainable, save_trainable
-from .selective import Selection, refuse_incompatible, restore, select, selection, swapped_out
+from .selective import (
+    Selection,
+    load_selection,
+    refuse_incompatible,
+    restore,
+    save_selection,
+    select,
+    selection_state_dict,
+    swapped_out,
+)
 
 PREFIX = "LayerNorm"  # BERT/RoBERTa's name for their norms; PEFT's LNTuningConfig(target_modules=["LayerNorm"])
 ATTR = "ln_tuning_selection"  # where apply_ln_tuning records what it chose (a Selection, no parameters)
@@ -90,24 +96,14 @@ def ln_tuning_disabled(model: nn.Module) -> contextlib.AbstractContextManager[nn
 
 def ln_tuning_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The trained gains and biases and the head: everything the task changed."""
-    sel = selection(model, ATTR, "apply_ln_tuning")
-    return {n: p.detach() for n, p in model.named_parameters() if n in sel.names or n.startswith(HEAD_PREFIXES)}
+    return selection_state_dict(model, ATTR, "apply_ln_tuning")
 
 
 def save_ln_tuning(model: nn.Module, path: str | Path) -> Path:
     """Write ln_tuning_state_dict to safetensors, with the settings in its metadata."""
-    config = selection(model, ATTR, "apply_ln_tuning").config
-    return save_trainable(model, path, tensors=ln_tuning_state_dict(model), metadata={"ln_tuning": asdict(config)})
+    return save_selection(model, path, ATTR, "apply_ln_tuning", "ln_tuning")
 
 
 def load_ln_tuning(model: nn.Module, path: str | Path) -> nn.Module:
     """Load save_ln_tuning's file into a model given apply_ln_tuning with the same targets (checked)."""
-    with safe_open(str(path), framework="pt") as f:
-        saved = json.loads((f.metadata() or {}).get("ftlib", "{}")).get("ln_tuning")
-    if saved is None:
-        raise ValueError(f"{path} was not written by save_ln_tuning (no LayerNorm-tuning settings in its metadata)")
-    sel = selection(model, ATTR, "apply_ln_tuning")
-    if list(sel.config.targets) != list(saved["targets"]):
-        raise ValueError(f"{path} was saved with targets={tuple(saved['targets'])}, but the model has "
-                         f"targets={sel.config.targets}; apply_ln_tuning with the saved targets")
-    return load_trainable(model, path)
+    return load_selection(model, path, ATTR, "apply_ln_tuning", "ln_tuning")

@@ -13,12 +13,16 @@ already changed in a way that cannot compose with freezing everything but one's 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
-from .params import freeze_except
+from .params import HEAD_PREFIXES, freeze_except, load_trainable, save_trainable
 
 # Name prefixes of the parameters the additive strategies create (lora.py, prefix_tuning.py, adapters.py,
 # ia3.py, prompt_tuning.py): a model holding any of them has been adapted already.
@@ -108,3 +112,30 @@ def swapped_out(model: nn.Module, attr: str, apply_name: str) -> Iterator[nn.Mod
         with torch.no_grad():
             for p, t in zip(params, trained, strict=True):
                 p.copy_(t)
+
+
+def selection_state_dict(model: nn.Module, attr: str, apply_name: str) -> dict[str, torch.Tensor]:
+    """The trained selection and the head: everything the task changed."""
+    sel = selection(model, attr, apply_name)
+    return {n: p.detach() for n, p in model.named_parameters() if n in sel.names or n.startswith(HEAD_PREFIXES)}
+
+
+def save_selection(model: nn.Module, path: str | Path, attr: str, apply_name: str, key: str) -> Path:
+    """selection_state_dict to safetensors, with the method's settings under `key` in its metadata."""
+    config = selection(model, attr, apply_name).config
+    return save_trainable(model, path, tensors=selection_state_dict(model, attr, apply_name),
+                          metadata={key: asdict(config)})
+
+
+def load_selection(model: nn.Module, path: str | Path, attr: str, apply_name: str, key: str) -> nn.Module:
+    """Load save_selection's file into a model given the same method with the same targets (checked)."""
+    with safe_open(str(path), framework="pt") as f:
+        saved = json.loads((f.metadata() or {}).get("ftlib", "{}")).get(key)
+    save_name = apply_name.replace("apply_", "save_")
+    if saved is None:
+        raise ValueError(f"{path} was not written by {save_name} (no {key} settings in its metadata)")
+    sel = selection(model, attr, apply_name)
+    if list(sel.config.targets) != list(saved["targets"]):
+        raise ValueError(f"{path} was saved with targets={tuple(saved['targets'])}, but the model has "
+                         f"targets={sel.config.targets}; {apply_name} with the saved targets")
+    return load_trainable(model, path)
