@@ -122,6 +122,7 @@ KNOWN_FAILURES = {
     "05_lora": {"addresses", "further_reading", "model_reprs", "progress_bars"},
     "06_prefix_tuning": {"further_reading", "progress_bars"},
     "07_adapters": {"further_reading", "progress_bars"},
+    "08_comparison": {"addresses"},
     "11_lora_variants": {"addresses"},
 }
 
