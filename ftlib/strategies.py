@@ -5,9 +5,6 @@ A strategy module that owns its recipe defines RECIPE (see ftlib.lifecycle); the
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 from torch import nn
 
 from . import adapters, full, lora, prefix_tuning
@@ -17,7 +14,7 @@ from .dora import apply_dora
 from .feature_extraction import apply_feature_extraction
 from .gradual_unfreezing import GradualUnfreezing, apply_gradual_unfreezing, even_interval, unfreezing_order
 from .ia3 import apply_ia3, ia3_param_groups
-from .lifecycle import Recipe, prepare
+from .lifecycle import Recipe
 from .ln_tuning import apply_ln_tuning
 from .lora_plus import lora_plus_groups
 from .pissa import apply_pissa
@@ -38,27 +35,15 @@ def _thaw_evenly(model: nn.Module, total_steps: int) -> list[Callback]:
     return [GradualUnfreezing(every=every, unit="step", start=every, evenly=True)]
 
 
-def _prepared(name: str, apply: Callable[[nn.Module], nn.Module]) -> Callable[..., nn.Module]:
-    """apply, after lifecycle.prepare: refuse a model carrying added modules, release a head-only start.
-
-    For the strategies whose modules do not call prepare themselves (feature extraction, gradual unfreezing,
-    discriminative LR), so the registry's path (CLI, compare, run_strategy) checks them too."""
-    @functools.wraps(apply)
-    def wrapped(model: nn.Module, *args, **kwargs) -> nn.Module:
-        prepare(model, name)
-        return apply(model, *args, **kwargs)
-    return wrapped
-
-
 STRATEGIES: dict[str, Recipe] = {
     r.name: r
     for r in [
         full.RECIPE,
-        Recipe("feature-extraction", _prepared("feature-extraction", apply_feature_extraction), lr=3e-3,
+        Recipe("feature-extraction", apply_feature_extraction, lr=3e-3,
                summary="frozen encoder in eval mode, cached features, head only"),
-        Recipe("gradual-unfreezing", _prepared("gradual-unfreezing", apply_gradual_unfreezing), lr=1e-4, callbacks=_thaw_evenly,
+        Recipe("gradual-unfreezing", apply_gradual_unfreezing, lr=1e-4, callbacks=_thaw_evenly,
                summary="head first, then layers top-down, embeddings last"),
-        Recipe("discriminative-lr", _prepared("discriminative-lr", apply_discriminative_lr), lr=1e-4,
+        Recipe("discriminative-lr", apply_discriminative_lr, lr=1e-4,
                groups=lambda model, lr: layerwise_param_groups(model, lr), schedule=slanted_triangular(),
                summary="lr x 0.95 per layer down, slanted-triangular schedule"),
         lora.RECIPE,
