@@ -70,12 +70,13 @@ def check_splits(splits: dict[str, TextDataset]) -> None:
 def train_strategy(name: str, splits: dict[str, TextDataset], *, profile: str | None = None,
                    model_name: str | None = None, seed: int = 0, device: str | None = None, progress: bool = True,
                    lr: float | None = None, epochs: int | None = None, max_train: int | None = None,
-                   max_eval: int | None = None, max_length: int | None = None, callbacks: Sequence[Callback] = (),
-                   **fit_kwargs) -> Run:
+                   max_eval: int | None = None, max_test: int | None = None, max_length: int | None = None,
+                   callbacks: Sequence[Callback] = (), **fit_kwargs) -> Run:
     """Apply strategy `name` to a fresh model and train it on `splits` with the strategy's recipe (learning
     rate, optimizer groups, schedule, callbacks); the profile gives epochs, max_length and batch size.
 
-    max_train / max_eval keep a class-balanced subset (None: all); extra keyword arguments go to fit."""
+    max_train / max_eval / max_test keep a class-balanced subset (None: all; the test subset does not depend
+    on the seed); extra keyword arguments go to fit."""
     recipe = get_recipe(name)
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0):
         raise ValueError(f"lr must be a number > 0, got {lr!r}; leave it out for the strategy's rate ({recipe.lr:g})")
@@ -86,12 +87,13 @@ def train_strategy(name: str, splits: dict[str, TextDataset], *, profile: str | 
     prof = get_profile(profile, dev)
     train = take_stratified(splits["train"], max_train, seed)
     val = take_stratified(splits["validation"], max_eval, seed)
+    test = take_stratified(splits["test"], max_test)
     set_seed(seed)  # the head's initialisation depends on it
     model, tokenizer = build_classifier(model_name, data=train)
     max_length = check_max_length(prof.max_length if max_length is None else max_length, tokenizer, model)
     recipe.apply(model)
     loaders = [make_loader(ds, tokenizer, prof.batch_size, max_length, shuffle=(ds is train), seed=seed)
-               for ds in (train, val, splits["test"])]
+               for ds in (train, val, test)]
     lr = recipe.lr if lr is None else lr
     epochs = prof.epochs if epochs is None else epochs
     total_steps = epochs * math.ceil(len(train) / prof.batch_size)
@@ -105,7 +107,7 @@ def train_strategy(name: str, splits: dict[str, TextDataset], *, profile: str | 
     result = Result(name, prof.name, describe(dev), seed, count.trainable, count.total, count.percent, memory.total,
                     history.seconds_per_step, history.total_seconds, history.best("val_accuracy"),
                     test["accuracy"], test["macro_f1"])
-    data = {"train": train, "validation": val, "test": splits["test"]}
+    data = {"train": train, "validation": val, "test": test}
     return Run(model, tokenizer, history, result, test, data, prof, lr, epochs, max_length)
 
 
@@ -114,11 +116,11 @@ def run_strategy(name: str, *, profile: str | None = None, model_name: str | Non
                  epochs: int | None = None, splits: dict | None = None, **fit_kwargs):
     """Apply strategy `name` to a fresh model, train it on the movie reviews, test it: (model, History, Result).
 
-    The profile's max_train / max_eval subsets are used; extra keyword arguments (grad_accum,
+    The profile's max_train / max_eval / max_test subsets are used; extra keyword arguments (grad_accum,
     checkpoint_dir, resume, patience, ...) go to ftlib.train.fit."""
     get_recipe(name)  # a typo fails before the data load
     prof = get_profile(profile, get_device(device))
     run = train_strategy(name, splits or load_movie_reviews(), profile=prof.name, model_name=model_name, seed=seed,
                          device=device, progress=progress, lr=lr, epochs=epochs, max_train=prof.max_train,
-                         max_eval=prof.max_eval, **fit_kwargs)
+                         max_eval=prof.max_eval, max_test=prof.max_test, **fit_kwargs)
     return run.model, run.history, run.result

@@ -81,6 +81,9 @@ class Context:
         n = self.profile.max_train if train_size is None else train_size
         return take_stratified(self.splits["train"], n, data_seed)
 
+    def test_set(self) -> TextDataset:
+        return take_stratified(self.splits["test"], self.profile.max_test)  # the same for every run
+
     def val_set(self, data_seed: int = 0) -> TextDataset:
         return take_stratified(self.splits["validation"], self.profile.max_eval, data_seed)
 
@@ -199,7 +202,7 @@ def deployment(ctx: Context, model: nn.Module, trained: int, name: str | None = 
         save_file({n: t.contiguous().cpu() for n, t in stored.items()}, str(path))
         disk = path.stat().st_size
     deployed = inference_form(deployed, name)
-    loader = make_loader(ctx.splits["test"], ctx.tokenizer, ctx.profile.batch_size, ctx.profile.max_length)
+    loader = make_loader(ctx.test_set(), ctx.tokenizer, ctx.profile.batch_size, ctx.profile.max_length)
     batches = [b for _, b in zip(range(INFERENCE_BATCHES), loader, strict=False)]
     base_s, ours_s = [], []
     for _ in range(2):  # interleaved, so a change of machine load hits both
@@ -230,7 +233,7 @@ def _metrics(pred: np.ndarray, ds: TextDataset) -> dict[str, float]:
 
 def evaluation_sets(ctx: Context) -> dict[str, TextDataset]:
     """Every set a record holds predictions for: the test split and each out-of-domain set."""
-    return {"test": ctx.splits["test"], **{f"ood_{k}": v for k, v in ctx.ood.items()}}
+    return {"test": ctx.test_set(), **{f"ood_{k}": v for k, v in ctx.ood.items()}}
 
 
 def run_record(ctx: Context, key: RunKey, progress: bool = False) -> dict:

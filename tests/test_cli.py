@@ -164,7 +164,8 @@ def test_profiles_are_what_they_say():
 
 def test_smoke_profile_is_a_small_subset_of_quick():
     smoke, quick = PROFILES["smoke"], PROFILES["quick"]
-    assert (smoke.max_train, smoke.max_eval, smoke.epochs) == (200, 200, 1)
+    assert (smoke.max_train, smoke.max_eval, smoke.max_test, smoke.epochs) == (200, 200, 200, 1)
+    assert quick.max_test is None and PROFILES["full"].max_test is None  # committed numbers test all 1,008
     assert (smoke.max_length, smoke.batch_size) == (quick.max_length, quick.batch_size)  # same shapes, less data
     assert get_profile("smoke", device="cuda") is smoke
 
@@ -443,3 +444,32 @@ def test_readme_own_data_runs(tiny_dir, tmp_path, monkeypatch, capsys):
     assert out[0] == "{0: 'negative', 1: 'positive'}"
     assert all(ln.split()[0] in ("negative", "positive") for ln in out[-2:])
     assert (tmp_path / "runs" / "reviews-py" / "lora.safetensors").is_file()
+
+
+class _Tested(Exception):
+    pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile, expected", [("smoke", 200), ("quick", 1008)])
+def test_run_strategy_tests_the_profiles_test_subset_whatever_the_seed(monkeypatch, profile, expected):
+    """smoke tests a stratified 200 of the 1,008 test reviews (evaluation dominated its runs), the same for every
+    seed so that runs stay paired; other profiles test all of them."""
+    from ftlib.data import load_movie_reviews
+
+    seen = []
+
+    def evaluated(model, loader, device, progress=False):
+        seen.append(list(loader.dataset.ds.texts))
+        raise _Tested
+
+    monkeypatch.setattr(experiment, "fit", lambda *a, **k: None)
+    monkeypatch.setattr(experiment, "evaluate", evaluated)
+    splits = load_movie_reviews()
+    for seed in (0, 1):
+        with pytest.raises(_Tested):
+            experiment.run_strategy("feature-extraction", profile=profile, seed=seed, splits=splits, progress=False)
+    assert len(seen[0]) == expected and seen[0] == seen[1]
+    test = splits["test"]
+    labels = [test.labels[test.texts.index(t)] for t in seen[0]]
+    assert abs(sum(labels) / len(labels) - sum(test.labels) / len(test)) < 0.01  # class-balanced like the split
