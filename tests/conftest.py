@@ -124,3 +124,12 @@ def pytest_collection_modifyitems(config, items):
     notebooks = sorted({item.path for item in items if item.path.suffix == ".ipynb"}, reverse=True)
     rank = {path: i for i, path in enumerate(notebooks)}
     items.sort(key=lambda item: rank.get(item.path, len(rank)))
+
+
+def fails_quietly(call, *secrets):
+    """An exercise check given a wrong answer (call() runs it) fails, and its hint names none of the secrets."""
+    with pytest.raises(AssertionError) as info:
+        call()
+    for secret in secrets:
+        assert str(secret) not in str(info.value), f"the hint reveals {secret}"
+    return info.value

@@ -80,28 +80,24 @@ def features():
     return X, y
 
 
-def _adamw_head(X, y, lr=1e-3, steps=300):
+def _train_head(X, y, make_optimizer, steps=300):
     torch.manual_seed(0)
     head = nn.Linear(X.shape[1], 2)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
+    opt = make_optimizer(head.parameters())
     for _ in range(steps):
         loss = F.cross_entropy(head(X), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
     return head
+
+
+def _adamw_head(X, y, lr=1e-3, steps=300):
+    return _train_head(X, y, lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=0.01), steps)
 
 
 def _sgd_head(X, y, lr, steps=300):
-    torch.manual_seed(0)
-    head = nn.Linear(X.shape[1], 2)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9)
-    for _ in range(steps):
-        loss = F.cross_entropy(head(X), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return head
+    return _train_head(X, y, lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9), steps)
 
 
 def test_sgd_head_right_answer_passes(features):

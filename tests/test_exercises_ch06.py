@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_batch, make_encoder
+from conftest import fails_quietly, make_batch, make_encoder
 
 from ftlib.exercises import ch06
 from ftlib.models import SequenceClassifier, encoder_layers
@@ -13,18 +13,10 @@ from ftlib.prefix_tuning import apply_prefix_tuning
 BAKED = 2 * 12 * 10 * 768  # bert-base, P = 10
 
 
-def _fails_quietly(call, *secrets):
-    with pytest.raises(AssertionError) as info:
-        call()
-    for secret in secrets:
-        assert str(secret) not in str(info.value), f"the hint reveals {secret}"
-    return info.value
-
-
 def test_baked_size_right_and_wrong():
     assert ch06.check_baked_size(BAKED) is None
-    _fails_quietly(lambda: ch06.check_baked_size(BAKED // 2), BAKED, f"{BAKED:,}")  # keys only
-    _fails_quietly(lambda: ch06.check_baked_size(float(BAKED)), BAKED)
+    fails_quietly(lambda: ch06.check_baked_size(BAKED // 2), BAKED, f"{BAKED:,}")  # keys only
+    fails_quietly(lambda: ch06.check_baked_size(float(BAKED)), BAKED)
 
 
 def additive_right(attention_mask, P):
@@ -62,7 +54,7 @@ def test_additive_mask_against_a_real_eager_mask():
     assert ch06.check_additive_mask(additive_right, batch["attention_mask"], grabbed["mask"]) is None
     assert ch06.check_additive_mask(additive_right, batch["attention_mask"]) is None  # built without a model
     for wrong in (additive_prefix_hidden, additive_pad_visible, boolean, "not a function"):
-        _fails_quietly(lambda wrong=wrong: ch06.check_additive_mask(wrong, batch["attention_mask"], grabbed["mask"]))
+        fails_quietly(lambda wrong=wrong: ch06.check_additive_mask(wrong, batch["attention_mask"], grabbed["mask"]))
 
 
 def _losses(mlp, direct, direct_fast, steps=6):
@@ -83,19 +75,19 @@ def test_prefix_experiment_judged_on_the_students_own_curves(curves, fastest, ml
     check = ch06.check_prefix_experiment
     assert check(fastest, mlp_helps, DIRECT, curves, n_layers=L, hidden=H) is None
     others = [arm for arm in ch06.ARMS if arm != fastest]
-    _fails_quietly(lambda: check(others[0], mlp_helps, DIRECT, curves, n_layers=L, hidden=H), fastest)
-    _fails_quietly(lambda: check(fastest, not mlp_helps, DIRECT, curves, n_layers=L, hidden=H), str(mlp_helps))
+    fails_quietly(lambda: check(others[0], mlp_helps, DIRECT, curves, n_layers=L, hidden=H), fastest)
+    fails_quietly(lambda: check(fastest, not mlp_helps, DIRECT, curves, n_layers=L, hidden=H), str(mlp_helps))
     # the head forgotten, or the MLP's parameters counted instead of the baked prefix
     for wrong in (DIRECT - (2 * H + 2), 2569474, str(DIRECT)):
-        _fails_quietly(lambda wrong=wrong: check(fastest, mlp_helps, wrong, curves, n_layers=L, hidden=H), DIRECT, f"{DIRECT:,}")
+        fails_quietly(lambda wrong=wrong: check(fastest, mlp_helps, wrong, curves, n_layers=L, hidden=H), DIRECT, f"{DIRECT:,}")
 
 
 def test_prefix_experiment_refuses_malformed_measurements():
     curves = _losses(0.5, 0.6, 0.4)
     check = ch06.check_prefix_experiment
-    _fails_quietly(lambda: check("direct, lr 1e-2", True, DIRECT, {**curves, "direct, lr 1e-2": [0.5]}, n_layers=L,
+    fails_quietly(lambda: check("direct, lr 1e-2", True, DIRECT, {**curves, "direct, lr 1e-2": [0.5]}, n_layers=L,
                                  hidden=H))
-    _fails_quietly(lambda: check("direct, lr 1e-2", True, DIRECT, {k: curves[k] for k in ch06.ARMS[:2]}, n_layers=L,
+    fails_quietly(lambda: check("direct, lr 1e-2", True, DIRECT, {k: curves[k] for k in ch06.ARMS[:2]}, n_layers=L,
                                  hidden=H))
     nan = {**curves, "mlp, lr 1e-3": [float("nan")] * 6}
-    _fails_quietly(lambda: check("direct, lr 1e-2", True, DIRECT, nan, n_layers=L, hidden=H))
+    fails_quietly(lambda: check("direct, lr 1e-2", True, DIRECT, nan, n_layers=L, hidden=H))

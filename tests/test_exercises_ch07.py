@@ -6,19 +6,11 @@ import copy
 
 import pytest
 import torch.nn.functional as F
-from conftest import make_model
+from conftest import fails_quietly, make_model
 
 from ftlib.adapters import Adapter, apply_adapters
 from ftlib.exercises import ch07
 from ftlib.models import encoder_layers
-
-
-def _fails_quietly(call, *secrets):
-    with pytest.raises(AssertionError) as info:
-        call()
-    for secret in secrets:
-        assert str(secret) not in str(info.value), f"the hint reveals {secret}"
-    return info.value
 
 
 def forward_right(adapter, x):
@@ -42,7 +34,7 @@ def forward_relu(adapter, x):
 def test_adapter_forward_right_and_wrong():
     assert ch07.check_adapter_forward(forward_right) is None
     for wrong in (forward_no_skip, forward_no_biases, forward_relu, lambda adapter, x: x, "not a function"):
-        _fails_quietly(lambda wrong=wrong: ch07.check_adapter_forward(wrong))
+        fails_quietly(lambda wrong=wrong: ch07.check_adapter_forward(wrong))
 
 
 def test_pfeiffer_layers_right_and_wrong():
@@ -50,12 +42,12 @@ def test_pfeiffer_layers_right_and_wrong():
     pfeiffer = apply_adapters(copy.deepcopy(base), bottleneck=32, placement="pfeiffer")
     n = len(encoder_layers(pfeiffer))
     assert ch07.check_pfeiffer_layers([1] * n, pfeiffer) is None
-    _fails_quietly(lambda: ch07.check_pfeiffer_layers([2] * n, pfeiffer))  # Houlsby's count
-    _fails_quietly(lambda: ch07.check_pfeiffer_layers([1] * (n + 1), pfeiffer))
+    fails_quietly(lambda: ch07.check_pfeiffer_layers([2] * n, pfeiffer))  # Houlsby's count
+    fails_quietly(lambda: ch07.check_pfeiffer_layers([1] * (n + 1), pfeiffer))
     houlsby = apply_adapters(copy.deepcopy(base), bottleneck=32, placement="houlsby")
-    _fails_quietly(lambda: ch07.check_pfeiffer_layers([2] * n, houlsby))  # the wrong placement, counted right
+    fails_quietly(lambda: ch07.check_pfeiffer_layers([2] * n, houlsby))  # the wrong placement, counted right
     narrow = apply_adapters(copy.deepcopy(base), bottleneck=8, placement="pfeiffer")
-    _fails_quietly(lambda: ch07.check_pfeiffer_layers([1] * n, narrow))  # the wrong width
+    fails_quietly(lambda: ch07.check_pfeiffer_layers([1] * n, narrow))  # the wrong width
     assert sum(isinstance(m, Adapter) for m in pfeiffer.modules()) == n
 
 
@@ -78,19 +70,19 @@ def test_init_experiment_judged_on_the_students_own_numbers(results, changed, be
     wrong_sets = [{"ftlib", "reference"}, {"ftlib"}, {"reference"} if not changed else set()]
     for wrong in wrong_sets:
         if wrong != changed:
-            _fails_quietly(lambda wrong=wrong: ch07.check_init_experiment(wrong, better, results), str(changed))
+            fails_quietly(lambda wrong=wrong: ch07.check_init_experiment(wrong, better, results), str(changed))
     for wrong in ("ftlib", "reference", "tie"):
         if wrong != better:
-            hint = _fails_quietly(lambda wrong=wrong: ch07.check_init_experiment(changed, wrong, results),
+            hint = fails_quietly(lambda wrong=wrong: ch07.check_init_experiment(changed, wrong, results),
                                   results["ftlib"]["accuracy"], results["reference"]["accuracy"])
             assert str(hint) == HINT_BETTER  # the same words whatever the right answer: it names no arm as the winner
-    _fails_quietly(lambda: ch07.check_init_experiment(list(changed), better, results))
+    fails_quietly(lambda: ch07.check_init_experiment(list(changed), better, results))
 
 
 def test_init_experiment_refuses_swapped_or_malformed_arms():
     swapped = _results(0.76, 0.7, 0.6, cos_ftlib=0.8)  # the wrong arm re-initialised
-    _fails_quietly(lambda: ch07.check_init_experiment({"ftlib", "reference"}, "ftlib", swapped))
-    _fails_quietly(lambda: ch07.check_init_experiment({"reference"}, "ftlib", {"ftlib": _results(0.7, 0.7, 0.6)["ftlib"]}))
+    fails_quietly(lambda: ch07.check_init_experiment({"ftlib", "reference"}, "ftlib", swapped))
+    fails_quietly(lambda: ch07.check_init_experiment({"reference"}, "ftlib", {"ftlib": _results(0.7, 0.7, 0.6)["ftlib"]}))
     missing = _results(0.76, 0.7, 0.6)
     del missing["reference"]["accuracy"]
-    _fails_quietly(lambda: ch07.check_init_experiment({"reference"}, "ftlib", missing))
+    fails_quietly(lambda: ch07.check_init_experiment({"reference"}, "ftlib", missing))
