@@ -87,13 +87,13 @@ def train_strategy(name: str, splits: dict[str, TextDataset], *, profile: str | 
     prof = get_profile(profile, dev)
     train = take_stratified(splits["train"], max_train, seed)
     val = take_stratified(splits["validation"], max_eval, seed)
-    test = take_stratified(splits["test"], max_test)
+    test_set = take_stratified(splits["test"], max_test)
     set_seed(seed)  # the head's initialisation depends on it
     model, tokenizer = build_classifier(model_name, data=train)
     max_length = check_max_length(prof.max_length if max_length is None else max_length, tokenizer, model)
     recipe.apply(model)
     loaders = [make_loader(ds, tokenizer, prof.batch_size, max_length, shuffle=(ds is train), seed=seed)
-               for ds in (train, val, test)]
+               for ds in (train, val, test_set)]
     lr = recipe.lr if lr is None else lr
     epochs = prof.epochs if epochs is None else epochs
     total_steps = epochs * math.ceil(len(train) / prof.batch_size)
@@ -107,7 +107,7 @@ def train_strategy(name: str, splits: dict[str, TextDataset], *, profile: str | 
     result = Result(name, prof.name, describe(dev), seed, count.trainable, count.total, count.percent, memory.total,
                     history.seconds_per_step, history.total_seconds, history.best("val_accuracy"),
                     test["accuracy"], test["macro_f1"])
-    data = {"train": train, "validation": val, "test": test}
+    data = {"train": train, "validation": val, "test": test_set}
     return Run(model, tokenizer, history, result, test, data, prof, lr, epochs, max_length)
 
 

@@ -43,7 +43,7 @@ def uv_command(settings: dict[str, list[str]]) -> list[str]:
 
 
 def run(cmd: list[str], env: dict | None = None) -> bool:
-    print("+", " ".join(shlex.quote(c) for c in cmd[2:] if c != sys.executable), flush=True)
+    print("+", " ".join("python" if c == sys.executable else shlex.quote(c) for c in cmd), flush=True)
     return subprocess.run(cmd, env=env).returncode == 0
 
 
