@@ -43,6 +43,7 @@ from .train import fit, predict
 
 MAX_EPOCHS = 40  # learning curves: a 100-example set would otherwise need hundreds of epochs on `full`
 LR_FACTORS = (1 / 3, 1.0, 3.0)  # the default grid around a recipe's rate: half a decade each way
+EDGE_STEPS = 1  # a sweep whose best rate is on the grid's edge tries this many more rates past it
 CURVE_STRATEGIES = ("full", "feature-extraction", "lora", "adapters")
 CURVE_SIZES = (100, 300, 1000, 3000, None)  # None = all 8,058
 INFERENCE_BATCHES = 3  # batches timed per model for the inference ratio (best of two interleaved rounds)
@@ -346,26 +347,54 @@ def lr_grid(name: str, factors: Sequence[float] = LR_FACTORS) -> list[float]:
     return sorted({float(f"{base * f:.3g}") for f in factors})
 
 
+def beyond_edge(grid: Sequence[float], best: float) -> float | None:
+    """The next rate past the grid's edge when the best rate sits on it (same log step), else None."""
+    grid = sorted(grid)
+    if len(grid) < 2 or best not in (grid[0], grid[-1]):
+        return None
+    if best == grid[-1]:
+        return float(f"{grid[-1] * grid[-1] / grid[-2]:.3g}")
+    return float(f"{grid[0] * grid[0] / grid[1]:.3g}")
+
+
+def _val_by_lr(ctx: Context, name: str, grid: Sequence[float], seeds: int, root, log, run: bool) -> dict[float, float]:
+    """Mean validation accuracy at each rate of `grid` that has (or gets) its runs."""
+    keys = [RunKey(name, ctx.profile.name, s, lr, 0, None, ctx.model_name) for lr in grid for s in range(seeds)]
+    recs = ensure(ctx, keys, root, log, run)
+    found = [lr for lr in grid if any(r["key"]["lr"] == lr for r in recs)]  # all of them unless run=False
+    return {lr: float(np.mean([r["metrics"]["val_accuracy"] for r in recs if r["key"]["lr"] == lr])) for lr in found}
+
+
+def _best(by_lr: dict[float, float], default: float) -> float:
+    """The rate with the best validation accuracy; a tie goes to the recipe's rate."""
+    return max(by_lr, key=lambda lr: (by_lr[lr], lr == default))
+
+
 def sweep(ctx: Context, strategies: Sequence[str], root: str | Path, lrs: Sequence[float] | None = None,
-          factors: Sequence[float] = LR_FACTORS, seeds: int = 1, log=print, run: bool = True):
+          factors: Sequence[float] = LR_FACTORS, seeds: int = 1, log=print, run: bool = True,
+          extend: int = EDGE_STEPS):
     """Try each strategy at every rate of its grid; pick the best mean validation accuracy (ties: the recipe's).
 
+    A best rate on the grid's edge says nothing about the rates past it, so the grid grows one step that way
+    (at most `extend` times) until the best rate is inside it.
     Returns (chosen {strategy: lr}, frame of strategy, lr, val_accuracy mean, chosen)."""
     rows, chosen = [], {}
     for name in strategies:
-        grid = sorted(lrs) if lrs else lr_grid(name, factors)
-        keys = [RunKey(name, ctx.profile.name, s, lr, 0, None, ctx.model_name) for lr in grid for s in range(seeds)]
-        recs = ensure(ctx, keys, root, log, run)
-        found = [lr for lr in grid if any(r["key"]["lr"] == lr for r in recs)]  # all of them unless run=False
-        by_lr = {lr: float(np.mean([r["metrics"]["val_accuracy"] for r in recs if r["key"]["lr"] == lr])) for lr in found}
         default = get_recipe(name).lr
+        grid = sorted(lrs) if lrs else lr_grid(name, factors)
+        by_lr = _val_by_lr(ctx, name, grid, seeds, root, log, run)
         if not by_lr:
             chosen[name] = default
             continue
-        best = max(by_lr, key=lambda lr: (by_lr[lr], lr == default))
-        chosen[name] = best
+        for _ in range(extend):
+            nxt = beyond_edge(list(by_lr), _best(by_lr, default))
+            more = _val_by_lr(ctx, name, [nxt], seeds, root, log, run) if nxt else {}
+            if not more:
+                break
+            by_lr.update(more)
+        best = chosen[name] = _best(by_lr, default)
         rows += [{"strategy": name, "lr": lr, "val_accuracy": v, "chosen": lr == best, "recipe": lr == default}
-                 for lr, v in by_lr.items()]
+                 for lr, v in sorted(by_lr.items())]
     return chosen, pd.DataFrame(rows)
 
 
