@@ -417,6 +417,16 @@ def learning_curve_keys(ctx: Context, strategies: Sequence[str] | None = None, s
 # --- learning curves -----------------------------------------------------------------------------------
 
 
+def with_main_runs(curve_records: Sequence[dict], main: Sequence[dict]) -> list[dict]:
+    """The curve's runs plus every main-study run of its strategies (all seeds at the profile's size), once each."""
+    names = {r["key"]["strategy"] for r in curve_records}
+    out = {json.dumps(r["key"], sort_keys=True): r for r in curve_records}
+    for r in main:
+        if r["key"]["strategy"] in names and r["key"]["train_size"] is None:
+            out.setdefault(json.dumps(r["key"], sort_keys=True), r)
+    return list(out.values())
+
+
 def curve_frame(records: Sequence[dict]):
     """One row per run: strategy, training examples, seed, test accuracy (baselines included)."""
     return pd.DataFrame([{"strategy": r["key"]["strategy"], "n": r["train_examples"], "seed": r["key"]["seed"],
@@ -479,7 +489,7 @@ def run_study(profile: str | None = None, seeds: int = 5, results: str | Path | 
         log("3/4 learning curves")
         keys = learning_curve_keys(ctx, [n for n in CURVE_STRATEGIES if n in names], sizes=curve_sizes,
                                    seeds=curve_seeds or seeds, lrs=chosen)
-        curve_records = ensure(ctx, keys, root, log, run_missing) if keys else []
+        curve_records = with_main_runs(ensure(ctx, keys, root, log, run_missing) if keys else [], main)
     mem = {}
     if memory:
         log("4/4 measured training memory")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -482,3 +484,18 @@ def test_cli_study_sweep_and_compare_pass_their_options(monkeypatch, tmp_path):
     assert names == ["full", "lora"] and kwargs["lr_grid"] is True and kwargs["lrs"] == [1e-4, 1e-3]
     assert kwargs["output"] == tmp_path
     assert cli.main(["sweep", "--strategies", "nope", "--device", "cpu"]) == 2  # typo: fails before any work
+
+
+def test_the_learning_curve_uses_every_seed_of_the_main_study_at_its_size():
+    from ftlib.study import with_main_runs
+
+    def rec(strategy, seed, size):
+        return {"key": {"strategy": strategy, "seed": seed, "train_size": size, "lr": 1e-3}}
+
+    curve = [rec("lora", s, n) for s in range(2) for n in (100, None)] + [rec("majority", 0, None)]
+    main = [rec(name, s, None) for s in range(5) for name in ("lora", "prefix-tuning")] + [rec("majority", 0, None)]
+    merged = with_main_runs(curve, main)
+    at_profile = sorted(r["key"]["seed"] for r in merged if r["key"]["strategy"] == "lora" and r["key"]["train_size"] is None)
+    assert at_profile == [0, 1, 2, 3, 4]  # the two curve seeds once each, plus the main study's other three
+    assert {r["key"]["strategy"] for r in merged} == {"lora", "majority"}  # no strategy the curve left out
+    assert len(merged) == len({json.dumps(r["key"], sort_keys=True) for r in merged})
