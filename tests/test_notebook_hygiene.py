@@ -117,7 +117,6 @@ KNOWN_FAILURES = {
     "02_full_fine_tuning": {"further_reading", "progress_bars"},
     "03_gradual_unfreezing": {"further_reading", "progress_bars"},
     "04_discriminative_learning_rates": {"addresses", "further_reading", "progress_bars"},
-    "11_lora_variants": {"addresses"},
 }
 
 
