@@ -114,7 +114,6 @@ CHECKS = {f.__name__: f for f in (progress_bars, addresses, errors, model_reprs,
 # Failures of the chapters as committed before issue 15's fixes, expected (strict: an entry that starts passing
 # fails, so the table shrinks as chapters are fixed). DELETE an entry once its chapter is fixed.
 KNOWN_FAILURES = {
-    "04_discriminative_learning_rates": {"addresses", "further_reading", "progress_bars"},
 }
 
 
