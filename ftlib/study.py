@@ -420,10 +420,10 @@ def learning_curve_keys(ctx: Context, strategies: Sequence[str] | None = None, s
 def with_main_runs(curve_records: Sequence[dict], main: Sequence[dict]) -> list[dict]:
     """The curve's runs plus every main-study run of its strategies (all seeds at the profile's size), once each."""
     names = {r["key"]["strategy"] for r in curve_records}
-    out = {json.dumps(r["key"], sort_keys=True): r for r in curve_records}
+    out = {RunKey(**r["key"]): r for r in curve_records}  # a run's identity is its key
     for r in main:
         if r["key"]["strategy"] in names and r["key"]["train_size"] is None:
-            out.setdefault(json.dumps(r["key"], sort_keys=True), r)
+            out.setdefault(RunKey(**r["key"]), r)
     return list(out.values())
 
 

@@ -490,7 +490,8 @@ def test_the_learning_curve_uses_every_seed_of_the_main_study_at_its_size():
     from ftlib.study import with_main_runs
 
     def rec(strategy, seed, size):
-        return {"key": {"strategy": strategy, "seed": seed, "train_size": size, "lr": 1e-3}}
+        return {"key": {"strategy": strategy, "profile": "quick", "seed": seed, "train_size": size,
+                        "lr": None if strategy == "majority" else 1e-3}}
 
     curve = [rec("lora", s, n) for s in range(2) for n in (100, None)] + [rec("majority", 0, None)]
     main = [rec(name, s, None) for s in range(5) for name in ("lora", "prefix-tuning")] + [rec("majority", 0, None)]
