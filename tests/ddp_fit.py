@@ -1,9 +1,10 @@
-"""Train and evaluate a tiny model with ftlib.train.fit; run plainly or under `accelerate launch`.
+"""Train and evaluate a tiny model with ftlib.train.fit under `accelerate launch` (tests/test_distributed.py).
 
-Used by tests/test_distributed.py: with 2 CPU processes (gloo) and half the per-process batch, DDP's
-averaged gradient equals the single-process gradient, so both runs must report the same numbers.
-With --dropout --checkpoint-dir [--crash-at-epoch N | --resume] it checks that a killed DDP run resumes
-exactly: each process must get back its own random state (its own dropout masks).
+With 2 CPU processes (gloo) and half the per-process batch, DDP's averaged gradient equals the
+single-process gradient (the test runs `train_once` at batch 64 in its own process), so both must report
+the same numbers. Then a crashed DDP run with dropout must resume exactly: each process must get back its
+own random state (its own dropout masks). All scenarios run in one launch: starting the processes costs
+more than the training.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -54,41 +57,69 @@ class Toy(torch.utils.data.Dataset):
                 "labels": torch.tensor(self.labels[i])}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--batch-size", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--dropout", action="store_true", help="keep the model's dropout (default: none)")
-    p.add_argument("--checkpoint-dir", default=None)
-    p.add_argument("--crash-at-epoch", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
-    args = p.parse_args()
-    torch.set_num_threads(1)
-    if args.dropout:
+def train_once(batch_size: int, accelerator=None, dropout: bool = False, checkpoint_dir=None,
+               crash_at_epoch: int | None = None, resume: bool = False) -> dict:
+    """One fresh model trained 3 epochs with fit; what the tests compare (None for a crashed run's history)."""
+    if dropout:
         model = make_model(num_labels=2)
     else:
         model = make_model(num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         model.dropout.p = 0.0
-    train = DataLoader(Toy(128, 0), batch_size=args.batch_size)
-    val = DataLoader(Toy(101, 1), batch_size=args.batch_size)  # odd: the last shard is padded by the sampler
-    accelerator = launched_accelerator()
+    train = DataLoader(Toy(128, 0), batch_size=batch_size)
+    val = DataLoader(Toy(101, 1), batch_size=batch_size)  # odd: the last shard is padded by the sampler
     before = evaluate(model, accelerator.prepare_data_loader(val) if accelerator else val, accelerator=accelerator)
     try:
         history = fit(model, train, val, epochs=3, lr=1e-3, seed=0, progress=False, accelerator=accelerator,
-                      checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-                      callbacks=[CrashAtEpoch(args.crash_at_epoch)])
+                      checkpoint_dir=checkpoint_dir, resume=resume, callbacks=[CrashAtEpoch(crash_at_epoch)])
     except Crash:
         history = None
     after = evaluate(model, accelerator.prepare_data_loader(val) if accelerator else val, accelerator=accelerator)
-    if accelerator is None or accelerator.is_main_process:
+    return {"processes": accelerator.num_processes if accelerator else 1, "before": before, "after": after,
+            "crashed": history is None,
+            "val_accuracy": [e["val_accuracy"] for e in history.epochs] if history else None,
+            "step_loss": history.step_loss if history else None,
+            "steps": len(history.step_loss) if history else None}
+
+
+def scramble_random_state() -> None:
+    """What a restarted process would have: none of the crashed run's random state survives into the resume."""
+    random.seed(12345)
+    np.random.seed(12345)
+    torch.manual_seed(12345)
+
+
+def suite(accelerator, workdir: str) -> dict:
+    """Every DDP scenario in one launch (process start-up dominates these tests): match, then crash and resume.
+
+    match: no dropout, per-process batch 32 (the tests compare it with one process at batch 64).
+    ref / crashed / resumed: dropout on, seeded per process (seed + rank); `crashed` stops when epoch 3 begins
+    (epoch 2 is checkpointed), `resumed` continues it with a fresh model, so it equals `ref` only if each
+    rank gets its own random state back from the checkpoint."""
+    out = {"match": train_once(32, accelerator)}
+    out["ref"] = train_once(32, accelerator, dropout=True, checkpoint_dir=os.path.join(workdir, "ref"))
+    run_dir = os.path.join(workdir, "run")
+    out["crashed"] = train_once(32, accelerator, dropout=True, checkpoint_dir=run_dir, crash_at_epoch=3)
+    accelerator.wait_for_everyone()
+    out["crashed"]["latest"] = open(os.path.join(run_dir, "latest")).read()  # the checkpoint it resumes from
+    scramble_random_state()
+    out["resumed"] = train_once(32, accelerator, dropout=True, checkpoint_dir=run_dir, resume=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--workdir", required=True, help="checkpoints go under it")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    accelerator = launched_accelerator()
+    if accelerator is None:
+        raise SystemExit("run me under `accelerate launch --num_processes 2` (tests/test_distributed.py does)")
+    result = suite(accelerator, args.workdir)
+    if accelerator.is_main_process:
         with open(args.out, "w") as f:
-            json.dump({"processes": accelerator.num_processes if accelerator else 1, "before": before, "after": after,
-                       "crashed": history is None,
-                       "val_accuracy": [e["val_accuracy"] for e in history.epochs] if history else None,
-                       "step_loss": history.step_loss if history else None,
-                       "steps": len(history.step_loss) if history else None}, f)
-    if accelerator is not None:
-        accelerator.end_training()  # destroys the process group: gloo threads left at exit abort the process
+            json.dump(result, f)
+    accelerator.end_training()  # destroys the process group: gloo threads left at exit abort the process
 
 
 if __name__ == "__main__":
