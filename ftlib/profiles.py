@@ -1,8 +1,10 @@
 """Run sizes: `quick` trains each strategy in well under a minute on a 2-core CPU, `full` is for a GPU.
 
-`smoke` is for CI only (`make test` runs every chapter under nbval with FTLIB_PROFILE=smoke): 200
-training, 200 validation and 200 test examples, one epoch, so a chapter checks that its code and its
-asserts hold in seconds per training run (testing all 1,008 reviews took longer than the training). Its accuracies mean nothing; chapters assert properties (equalities,
+`smoke` is for CI only (`make test` runs every chapter under nbval with FTLIB_PROFILE=smoke): 96
+training, 96 validation and 96 test examples (three batches each), one epoch, so a chapter checks that its
+code and its asserts hold in a few seconds per training run (testing all 1,008 reviews took longer than the
+training; 200 of each meant 7 batches per pass where 96 needs 3, for the same check). Same shapes as quick
+(batch 32, 64 tokens), less data. Its accuracies mean nothing; chapters assert properties (equalities,
 counts, shapes), never accuracy levels, so they pass on every profile. Committed chapter outputs come
 from `quick` (`make notebooks`).
 """
@@ -30,7 +32,7 @@ class Profile:
 
 PROFILES = {
     "quick": Profile("quick", max_train=1000, max_eval=500, max_test=None, epochs=2, max_length=64, batch_size=32),
-    "smoke": Profile("smoke", max_train=200, max_eval=200, max_test=200, epochs=1, max_length=64, batch_size=32),
+    "smoke": Profile("smoke", max_train=96, max_eval=96, max_test=96, epochs=1, max_length=64, batch_size=32),
     "full": Profile("full", max_train=None, max_eval=None, max_test=None, epochs=4, max_length=128, batch_size=32),
 }
 

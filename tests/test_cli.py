@@ -164,7 +164,7 @@ def test_profiles_are_what_they_say():
 
 def test_smoke_profile_is_a_small_subset_of_quick():
     smoke, quick = PROFILES["smoke"], PROFILES["quick"]
-    assert (smoke.max_train, smoke.max_eval, smoke.max_test, smoke.epochs) == (200, 200, 200, 1)
+    assert (smoke.max_train, smoke.max_eval, smoke.max_test, smoke.epochs) == (96, 96, 96, 1)  # 3 batches each
     assert quick.max_test is None and PROFILES["full"].max_test is None  # committed numbers test all 1,008
     assert (smoke.max_length, smoke.batch_size) == (quick.max_length, quick.batch_size)  # same shapes, less data
     assert get_profile("smoke", device="cuda") is smoke
@@ -451,9 +451,9 @@ class _Tested(Exception):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("profile, expected", [("smoke", 200), ("quick", 1008)])
+@pytest.mark.parametrize("profile, expected", [("smoke", 96), ("quick", 1008)])
 def test_run_strategy_tests_the_profiles_test_subset_whatever_the_seed(monkeypatch, profile, expected):
-    """smoke tests a stratified 200 of the 1,008 test reviews (evaluation dominated its runs), the same for every
+    """smoke tests a stratified 96 of the 1,008 test reviews (evaluation dominated its runs), the same for every
     seed so that runs stay paired; other profiles test all of them."""
     from ftlib.data import load_movie_reviews
 
