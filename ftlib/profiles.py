@@ -12,7 +12,7 @@ from `quick` (`make notebooks`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,11 +28,13 @@ class Profile:
     epochs: int  # passes over the training subset
     max_length: int  # tokens after truncation; 64 truncates 5 of the 10,072 snippets (median 26, longest 79)
     batch_size: int  # 32 fits any laptop and keeps CPU steps short
+    timed_batches: int = field(default=3, repr=False)  # test batches timed per model for a study's inference ratio
 
 
 PROFILES = {
     "quick": Profile("quick", max_train=1000, max_eval=500, max_test=None, epochs=2, max_length=64, batch_size=32),
-    "smoke": Profile("smoke", max_train=96, max_eval=96, max_test=96, epochs=1, max_length=64, batch_size=32),
+    "smoke": Profile("smoke", max_train=96, max_eval=96, max_test=96, epochs=1, max_length=64, batch_size=32,
+                     timed_batches=1),
     "full": Profile("full", max_train=None, max_eval=None, max_test=None, epochs=4, max_length=128, batch_size=32),
 }
 

@@ -46,7 +46,6 @@ LR_FACTORS = (1 / 3, 1.0, 3.0)  # the default grid around a recipe's rate: half 
 EDGE_STEPS = 1  # a sweep whose best rate is on the grid's edge tries this many more rates past it
 CURVE_STRATEGIES = ("full", "feature-extraction", "lora", "adapters")
 CURVE_SIZES = (100, 300, 1000, 3000, None)  # None = all 8,058
-INFERENCE_BATCHES = 3  # batches timed per model for the inference ratio (best of two interleaved rounds)
 
 
 def strategy_names() -> list[str]:
@@ -204,7 +203,7 @@ def deployment(ctx: Context, model: nn.Module, trained: int, name: str | None = 
         disk = path.stat().st_size
     deployed = inference_form(deployed, name)
     loader = make_loader(ctx.test_set(), ctx.tokenizer, ctx.profile.batch_size, ctx.profile.max_length)
-    batches = [b for _, b in zip(range(INFERENCE_BATCHES), loader, strict=False)]
+    batches = [b for _, b in zip(range(ctx.profile.timed_batches), loader, strict=False)]  # best of 2 rounds
     base_s, ours_s = [], []
     for _ in range(2):  # interleaved, so a change of machine load hits both
         base_s.append(_time_forward(ctx.base, batches, ctx.device))

@@ -334,6 +334,26 @@ def test_full_fine_tuning_stores_only_the_tensors_that_moved():
     assert list(stored_tensors(model, base)) == ["encoder.encoder.layer.0.attention.self.query.bias"]
 
 
+@pytest.mark.parametrize("profile, batches", [("quick", 3), ("smoke", 1)])
+def test_deployment_times_the_profiles_batches_interleaved_with_the_base(monkeypatch, profile, batches):
+    """quick times 3 test batches per model, smoke (CI) 1; two rounds, base and deployed model in turn."""
+    import copy
+    import types
+
+    from ftlib import study
+    from ftlib.profiles import get_profile
+
+    base = make_model(num_labels=2)
+    timed = []
+    monkeypatch.setattr(study, "make_loader", lambda *a, **k: iter([{"input_ids": torch.ones(2, 3)}] * 5))
+    monkeypatch.setattr(study, "_time_forward", lambda m, b, d: timed.append((m is base, len(b))) or 1.0 + (m is base))
+    ctx = types.SimpleNamespace(profile=get_profile(profile), base=base, base_total=7, tokenizer=None,
+                                device=torch.device("cpu"), test_set=lambda: None)
+    out = study.deployment(ctx, copy.deepcopy(base), trained=7)
+    assert timed == [(True, batches), (False, batches)] * 2
+    assert out["inference_ratio"] == 0.5 and out["stored"] == 0
+
+
 def test_crossing_points_are_computed_on_a_log_scale():
     from ftlib.study import crossing_points
 
