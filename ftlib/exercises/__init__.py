@@ -14,3 +14,11 @@ def expect(condition: bool, hint: str) -> None:
     """Fail with a hint (never the answer) when the condition does not hold."""
     if not condition:
         raise AssertionError(hint)
+
+
+def gap_verdict(gap: float, noise: float, verdicts: tuple[str, str, str]) -> str:
+    """The verdict a gap supports: verdicts = (gap > 0 wins, gap < 0 wins, within noise); |gap| <= noise is noise."""
+    above, below, within = verdicts
+    if abs(gap) <= noise:
+        return within
+    return above if gap > 0 else below

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import expect
+from . import expect, gap_verdict
 
 THAW_VERDICTS = ("fast thaw drifts more", "slow thaw drifts more", "within seed noise")
 
@@ -43,11 +43,7 @@ def check_thaw_interval(verdict: str, drift_fast: float, drift_slow: float, seed
     """Exercise 2: compare the drift (1 - CKA) of a fast and a slow thaw against the seed-to-seed spread."""
     expect(verdict in THAW_VERDICTS, f"verdict must be one of {THAW_VERDICTS}")
     expect(seed_noise >= 0, "seed_noise is a spread: a non-negative number")
-    gap = drift_fast - drift_slow
-    if abs(gap) <= seed_noise:
-        want = "within seed noise"
-    else:
-        want = "fast thaw drifts more" if gap > 0 else "slow thaw drifts more"
+    want = gap_verdict(drift_fast - drift_slow, seed_noise, THAW_VERDICTS)
     expect(verdict == want, "your verdict does not follow from your numbers: compare the gap between the "
            "two drifts with the drift's spread across seeds")
 

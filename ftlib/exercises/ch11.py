@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from . import expect
+from . import expect, gap_verdict
 
 LORA_PLUS_VERDICTS = ("LoRA+ lower", "LoRA lower", "within seed noise")
 
@@ -78,10 +78,6 @@ def check_lora_plus(verdict: str, losses: Mapping[str, Mapping[int, float]]) -> 
     expect(verdict in LORA_PLUS_VERDICTS, f"verdict must be one of {LORA_PLUS_VERDICTS}")
     mean = {k: sum(v.values()) / len(v) for k, v in losses.items()}
     noise = max(max(v.values()) - min(v.values()) for v in losses.values())
-    gap = mean["LoRA"] - mean["LoRA+"]
-    if abs(gap) <= noise:
-        want = "within seed noise"
-    else:
-        want = "LoRA+ lower" if gap > 0 else "LoRA lower"
+    want = gap_verdict(mean["LoRA"] - mean["LoRA+"], noise, LORA_PLUS_VERDICTS)
     expect(verdict == want, "your verdict does not follow from your numbers: compare the gap between the two "
            "variants' mean losses with how much each variant's loss varies from seed to seed")
