@@ -288,8 +288,8 @@ def test_strategy_table_statistics_over_seeds():
 def test_stored_tensors_are_what_differs_from_the_base_model():
     import copy
 
+    from ftlib.deployment import inference_form, storage_form, stored_tensors
     from ftlib.lora import apply_lora
-    from ftlib.study import inference_form, storage_form, stored_tensors
 
     base = make_model(num_labels=2)
     model = apply_lora(copy.deepcopy(base), rank=4, targets=("query", "value"))
@@ -311,8 +311,8 @@ def test_stored_tensors_are_what_differs_from_the_base_model():
 def test_stored_prefix_is_the_baked_prefix_not_the_training_mlp():
     import copy
 
+    from ftlib.deployment import storage_form, stored_tensors
     from ftlib.prefix_tuning import apply_prefix_tuning
-    from ftlib.study import storage_form, stored_tensors
 
     base = make_model(num_labels=2)
     model = apply_prefix_tuning(copy.deepcopy(base), prefix_length=5, projection_dim=16)
@@ -325,7 +325,7 @@ def test_stored_prefix_is_the_baked_prefix_not_the_training_mlp():
 def test_full_fine_tuning_stores_only_the_tensors_that_moved():
     import copy
 
-    from ftlib.study import stored_tensors
+    from ftlib.deployment import stored_tensors
 
     base = make_model(num_labels=2)
     model = copy.deepcopy(base)
@@ -340,16 +340,16 @@ def test_deployment_times_the_profiles_batches_interleaved_with_the_base(monkeyp
     import copy
     import types
 
-    from ftlib import study
+    from ftlib import deployment
     from ftlib.profiles import get_profile
 
     base = make_model(num_labels=2)
     timed = []
-    monkeypatch.setattr(study, "make_loader", lambda *a, **k: iter([{"input_ids": torch.ones(2, 3)}] * 5))
-    monkeypatch.setattr(study, "_time_forward", lambda m, b, d: timed.append((m is base, len(b))) or 1.0 + (m is base))
+    monkeypatch.setattr(deployment, "make_loader", lambda *a, **k: iter([{"input_ids": torch.ones(2, 3)}] * 5))
+    monkeypatch.setattr(deployment, "_time_forward", lambda m, b, d: timed.append((m is base, len(b))) or 1.0 + (m is base))
     ctx = types.SimpleNamespace(profile=get_profile(profile), base=base, base_total=7, tokenizer=None,
                                 device=torch.device("cpu"), test_set=lambda: None)
-    out = study.deployment(ctx, copy.deepcopy(base), trained=7)
+    out = deployment.deployment(ctx, copy.deepcopy(base), trained=7)
     assert timed == [(True, batches), (False, batches)] * 2
     assert out["inference_ratio"] == 0.5 and out["stored"] == 0
 
