@@ -105,7 +105,7 @@ def parser(prog: str = "ftlib") -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=_positive(int), default=32)
     r.add_argument("--json", action="store_true", help="one JSON object per text, with every probability")
     # --- begin: compare / sweep / study (issue 12; owned by ftlib/compare.py) ---
-    from .compare import register_cli
+    from .study_cli import register_cli
 
     register_cli(sub, _common)
     # --- end: compare / sweep / study ---
