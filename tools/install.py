@@ -35,7 +35,8 @@ def pip_settings() -> dict[str, list[str]]:
 def uv_command(settings: dict[str, list[str]]) -> list[str]:
     """`uv pip install` for this interpreter, with pip's sources and constraints."""
     cmd = [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", sys.executable,
-           "--index-strategy", "unsafe-best-match"]
+           "--index-strategy", "unsafe-best-match",
+           "--compile-bytecode"]  # as pip does: else, under PYTHONDONTWRITEBYTECODE, every process re-reads sources
     for name, flag in UV_FLAGS.items():
         for value in settings.get(name, []):
             cmd += [flag, value]
