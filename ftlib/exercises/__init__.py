@@ -16,6 +16,11 @@ def expect(condition: bool, hint: str) -> None:
         raise AssertionError(hint)
 
 
+def is_int(x) -> bool:
+    """An int answer, not a bool (True == 1 would pass a count check otherwise)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def gap_verdict(gap: float, noise: float, verdicts: tuple[str, str, str]) -> str:
     """The verdict a gap supports: verdicts = (gap > 0 wins, gap < 0 wins, within noise); |gap| <= noise is noise."""
     above, below, within = verdicts

@@ -9,13 +9,10 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from . import expect
+from . import expect, is_int
 
 INERT_SHARE = 1e-4  # "numerically no gradient": a summed norm below this share of the largest kind's
 
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def check_bitfit_count(bitfit_bert_base) -> None:
@@ -27,7 +24,7 @@ def check_bitfit_count(bitfit_bert_base) -> None:
     from ..bitfit import apply_bitfit
     from ..params import count_parameters
 
-    expect(_is_int(bitfit_bert_base), "give the count as an int (a number of trained values)")
+    expect(is_int(bitfit_bert_base), "give the count as an int (a number of trained values)")
     with torch.device("meta"):
         bert_base = transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False)
     counted = count_parameters(apply_bitfit(bert_base)).trainable

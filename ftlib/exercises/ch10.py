@@ -9,14 +9,11 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import expect
+from . import expect, is_int
 
 READABLE = 0.5  # a mean best cosine above this: the prompt is "readable as words"
 TIE = 1e-5  # a nearest id whose cosine is within TIE of the best counts as the nearest (float ties)
 
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def check_prompt_count(prompt_bert_base, num_tokens: int = 100) -> None:
@@ -27,7 +24,7 @@ def check_prompt_count(prompt_bert_base, num_tokens: int = 100) -> None:
 
     from ..prompt_tuning import apply_prompt_tuning
 
-    expect(_is_int(prompt_bert_base), "give the count as an int (a number of trained values)")
+    expect(is_int(prompt_bert_base), "give the count as an int (a number of trained values)")
     with torch.device("meta"):
         bert_base = transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False)
     apply_prompt_tuning(bert_base, num_tokens=num_tokens)
@@ -84,7 +81,7 @@ def check_nearest_words(nearest_ids: Sequence[int], mean_best_cos: float, readab
     ids = list(nearest_ids) if isinstance(nearest_ids, Sequence | torch.Tensor) else None
     expect(ids is not None and len(ids) == P, f"nearest_ids: one token id per prompt vector ({P} of them), in order")
     ids = [int(i) if isinstance(i, torch.Tensor) and i.numel() == 1 else i for i in ids]
-    expect(all(_is_int(i) and 0 <= i < words.shape[0] for i in ids), "nearest_ids holds ints: rows of the vocabulary")
+    expect(all(is_int(i) and 0 <= i < words.shape[0] for i in ids), "nearest_ids holds ints: rows of the vocabulary")
     sims = F.normalize(prompt, dim=-1) @ F.normalize(words, dim=-1).T  # (P, V)
     best = sims.max(dim=-1).values  # (P,)
     chosen = sims[torch.arange(P), torch.tensor(ids)]  # (P,)

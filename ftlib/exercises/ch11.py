@@ -9,13 +9,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from . import expect, gap_verdict
+from . import expect, gap_verdict, is_int
 
 LORA_PLUS_VERDICTS = ("LoRA+ lower", "LoRA lower", "within seed noise")
 
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def check_dora_all_linear_count(n_dora_all: int, model: nn.Module, rank: int = 4) -> None:
@@ -23,7 +20,7 @@ def check_dora_all_linear_count(n_dora_all: int, model: nn.Module, rank: int = 4
     from ..dora import apply_dora
     from ..params import count_parameters
 
-    expect(_is_int(n_dora_all), "n_dora_all must be an int")
+    expect(is_int(n_dora_all), "n_dora_all must be an int")
     wrapped = apply_dora(copy.deepcopy(model), rank=rank, targets="all-linear")
     lora_only = sum(p.numel() for n, p in wrapped.encoder.named_parameters() if "lora_A" in n or "lora_B" in n)
     expect(n_dora_all != lora_only, "that is LoRA's count: DoRA also trains one magnitude per output feature")

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from . import expect
+from . import expect, is_int
 
 CODE_VERDICTS = ("nf4 better", "uniform better")
 DISTRIBUTIONS = ("MiniLM", "uniform")
@@ -16,15 +16,12 @@ CODES = ("nf4", "uniform")
 BLOCKSIZE = 64
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
 
 def check_quant_bytes(n_bytes: int, out_features: int = 4096, in_features: int = 4096) -> None:
     """Exercise 1: the bytes a QuantLinear (NF4, blocks of 64, double quantisation in blocks of 256) stores."""
     from ..quant import QuantLinear, quant_memory
 
-    expect(_is_int(n_bytes), "the number of bytes must be an int")
+    expect(is_int(n_bytes), "the number of bytes must be an int")
     linear = nn.utils.skip_init(nn.Linear, in_features, out_features, bias=False)
     with torch.no_grad():
         linear.weight.zero_()  # what is stored does not depend on the values; zeros skip a 16M-value init
